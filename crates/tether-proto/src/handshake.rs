@@ -1,0 +1,1 @@
+//! Opening handshake (RFC 6455 section 4), both roles.
