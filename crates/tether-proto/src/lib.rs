@@ -3,6 +3,17 @@
 //! Nothing in this crate performs I/O or reads a clock: bytes and the current time are passed
 //! in, events and bytes to write come out. Drivers (such as the `tether` crate for tokio) own
 //! the sockets and timers.
+//!
+//! * [`handshake`]: the opening handshake, both roles.
+//! * [`Connection`]: frames, messages, limits, keepalive and the closing handshake.
 #![forbid(unsafe_code)]
 
+mod connection;
+mod error;
+pub mod frame;
 pub mod handshake;
+pub mod mask;
+
+pub use connection::{CloseFrame, Config, Connection, Event, Role, State};
+pub use error::{ProtocolError, SendError};
+pub use frame::{close_code, OpCode};

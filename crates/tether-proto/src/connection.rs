@@ -1,0 +1,774 @@
+//! The WebSocket connection state machine, after the opening handshake.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::error::{ProtocolError, SendError};
+use crate::frame::{close_code, encode_frame, is_valid_close_code, OpCode, MAX_HEADER_LEN};
+use crate::mask::apply_mask;
+
+/// Which end of the connection this is. Clients mask what they send; servers require it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The end that opened the connection.
+    Client,
+    /// The end that accepted it.
+    Server,
+}
+
+/// Limits and timers of one connection. Every field has a documented default.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Largest message accepted, in bytes, after reassembly (and decompression). Larger
+    /// messages fail the connection with 1009. Default: 64 MiB.
+    pub max_message_size: usize,
+    /// Largest single frame accepted, in bytes. Default: 16 MiB.
+    pub max_frame_size: usize,
+    /// Most frames one message may be split into. Default: 131,072 (the Autobahn suite sends
+    /// 4 MiB in 64-byte fragments).
+    pub max_fragments: usize,
+    /// Send a keepalive Ping this often; `None` disables keepalive. Default: 20 s.
+    pub ping_interval: Option<Duration>,
+    /// A keepalive Ping unanswered this long fails the connection with 1011; `None` never
+    /// times out. Default: 20 s.
+    pub ping_timeout: Option<Duration>,
+    /// How long to wait for the peer during the closing handshake, and (as a client) for the
+    /// server to close the transport afterwards. Default: 10 s.
+    pub close_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_message_size: 64 << 20,
+            max_frame_size: 16 << 20,
+            max_fragments: 1 << 17,
+            ping_interval: Some(Duration::from_secs(20)),
+            ping_timeout: Some(Duration::from_secs(20)),
+            close_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Sets [`Config::max_message_size`].
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+    /// Sets [`Config::max_frame_size`].
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.max_frame_size = bytes;
+        self
+    }
+    /// Sets [`Config::max_fragments`].
+    pub fn max_fragments(mut self, count: usize) -> Self {
+        self.max_fragments = count;
+        self
+    }
+    /// Sets [`Config::ping_interval`].
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+    /// Sets [`Config::ping_timeout`].
+    pub fn ping_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.ping_timeout = timeout;
+        self
+    }
+    /// Sets [`Config::close_timeout`].
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+}
+
+/// A Close frame's status code and reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseFrame {
+    /// The status code (see [`close_code`](crate::close_code)).
+    pub code: u16,
+    /// The reason, at most 123 bytes of UTF-8.
+    pub reason: String,
+}
+
+/// Something that happened on the connection, taken with [`Connection::poll_event`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A complete text message.
+    Text(String),
+    /// A complete binary message.
+    Binary(Vec<u8>),
+    /// The peer sent a Ping; the Pong was already queued.
+    Ping(Vec<u8>),
+    /// The peer sent a Pong. `rtt` is set when it answers a [`Connection::ping`].
+    Pong {
+        /// The Pong's payload.
+        payload: Vec<u8>,
+        /// Time since the matching ping was sent, if it answers one of ours.
+        rtt: Option<Duration>,
+    },
+    /// The peer sent a Close frame (`None`: no status code). The reply was already queued; the
+    /// connection is now [`State::Closed`].
+    Close(Option<CloseFrame>),
+    /// The connection failed: a Close frame with the error's code was queued, and the driver
+    /// should flush and close the transport.
+    Error(ProtocolError),
+}
+
+/// Where the closing handshake stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Messages flow both ways.
+    Open,
+    /// We sent a Close frame and wait for the peer's (messages still arrive).
+    Closing,
+    /// Both Close frames were exchanged, the connection failed, or a timeout gave up.
+    Closed,
+}
+
+/// Bytes kept in the transmit buffer's allocation once it drains; larger buffers are freed
+/// so that an idle connection holds no large allocation.
+const OUT_KEEP: usize = 64 << 10;
+/// Initial reservation for a data frame's payload; more is allocated only as bytes arrive,
+/// so a header that announces a huge frame costs nothing by itself.
+const FRAME_RESERVE: usize = 64 << 10;
+/// How many unanswered user pings are remembered for round-trip times.
+const MAX_USER_PINGS: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadPhase {
+    Header,
+    Payload,
+    /// Nothing more is read: the peer's Close arrived or the connection failed.
+    Done,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct FrameInfo {
+    fin: bool,
+    opcode: OpCode,
+    mask: Option<[u8; 4]>,
+    len: u64,
+    got: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MessageKind {
+    Text,
+    Binary,
+}
+
+/// One WebSocket connection after the opening handshake, free of I/O.
+///
+/// # Call grammar
+///
+/// A driver repeats, in any order that fits its I/O:
+///
+/// 1. **Inputs:** [`receive`](Self::receive) with bytes read from the transport (any chunking
+///    gives the same events), [`receive_eof`](Self::receive_eof) when the transport reached
+///    end of input, and [`handle_timeout`](Self::handle_timeout) once the instant from
+///    [`poll_timeout`](Self::poll_timeout) has passed.
+/// 2. **Commands:** [`send_text`](Self::send_text), [`send_binary`](Self::send_binary),
+///    [`ping`](Self::ping), [`close`](Self::close).
+/// 3. **Outputs:** write [`transmit`](Self::transmit) to the transport and report what was
+///    written with [`advance_transmit`](Self::advance_transmit); take
+///    [`poll_event`](Self::poll_event) until `None`; re-arm one timer at
+///    [`poll_timeout`](Self::poll_timeout); close the transport once
+///    [`wants_close_transport`](Self::wants_close_transport) is true and the transmit buffer
+///    is empty.
+///
+/// Time is always passed in as `now`; the core never reads a clock.
+#[derive(Debug)]
+pub struct Connection {
+    role: Role,
+    config: Config,
+    state: State,
+
+    phase: ReadPhase,
+    head: [u8; MAX_HEADER_LEN],
+    head_len: u8,
+    frame: FrameInfo,
+    message: Option<MessageKind>,
+    fragments: usize,
+    buf: Vec<u8>,
+    utf8_valid: usize,
+    control: [u8; 125],
+
+    events: VecDeque<Event>,
+    out: Vec<u8>,
+    out_pos: usize,
+
+    close_sent: bool,
+    peer_close: Option<Option<CloseFrame>>,
+    close_deadline: Option<Instant>,
+    transport_deadline: Option<Instant>,
+    close_transport: bool,
+
+    next_ping: Option<Instant>,
+    pong_deadline: Option<Instant>,
+    keepalive_count: u32,
+    user_pings: VecDeque<(Vec<u8>, Instant)>,
+}
+
+impl Connection {
+    /// A connection that has just completed its opening handshake at `now`.
+    pub fn new(role: Role, config: Config, now: Instant) -> Self {
+        let next_ping = config.ping_interval.map(|i| now + i);
+        Self {
+            role,
+            config,
+            state: State::Open,
+            phase: ReadPhase::Header,
+            head: [0; MAX_HEADER_LEN],
+            head_len: 0,
+            frame: FrameInfo {
+                fin: true,
+                opcode: OpCode::Binary,
+                mask: None,
+                len: 0,
+                got: 0,
+            },
+            message: None,
+            fragments: 0,
+            buf: Vec::new(),
+            utf8_valid: 0,
+            control: [0; 125],
+            events: VecDeque::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            close_sent: false,
+            peer_close: None,
+            close_deadline: None,
+            transport_deadline: None,
+            close_transport: false,
+            next_ping,
+            pong_deadline: None,
+            keepalive_count: 0,
+            user_pings: VecDeque::new(),
+        }
+    }
+
+    /// This end's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Where the closing handshake stands.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The peer's Close frame once it arrived: `Some(None)` for a Close without status code.
+    pub fn peer_close(&self) -> Option<Option<&CloseFrame>> {
+        self.peer_close.as_ref().map(Option::as_ref)
+    }
+
+    /// The close code to report for this connection once it is closed: the peer's code, 1005
+    /// if its Close had none, or 1006 if no Close frame was received.
+    pub fn close_code(&self) -> u16 {
+        match &self.peer_close {
+            Some(Some(f)) => f.code,
+            Some(None) => close_code::NO_STATUS,
+            None => close_code::ABNORMAL,
+        }
+    }
+
+    // ----- inputs -----
+
+    /// Feeds bytes read from the transport. Complete messages and control frames become
+    /// events; replies (Pong, Close) are queued for transmission. Bytes after the peer's
+    /// Close frame, or after a failure, are ignored.
+    pub fn receive(&mut self, mut data: &[u8], now: Instant) {
+        while !data.is_empty() {
+            match self.phase {
+                ReadPhase::Done => return,
+                ReadPhase::Header => {
+                    let have = usize::from(self.head_len);
+                    let need = if have < 2 {
+                        2
+                    } else {
+                        header_len(self.head[0], self.head[1])
+                    };
+                    let take = (need - have).min(data.len());
+                    self.head[have..have + take].copy_from_slice(&data[..take]);
+                    self.head_len += take as u8;
+                    data = &data[take..];
+                    let have = usize::from(self.head_len);
+                    if have >= 2 && have == header_len(self.head[0], self.head[1]) {
+                        if let Err(e) = self.begin_frame(now) {
+                            self.fail(e, now);
+                            return;
+                        }
+                    }
+                }
+                ReadPhase::Payload => {
+                    let remaining = self.frame.len - self.frame.got;
+                    let n = usize::try_from(remaining).map_or(data.len(), |r| r.min(data.len()));
+                    let (chunk, rest) = data.split_at(n);
+                    data = rest;
+                    let offset = self.frame.got as usize;
+                    if self.frame.opcode.is_control() {
+                        // `got + n <= len <= 125`, checked in begin_frame.
+                        let dst = &mut self.control[offset..offset + n];
+                        dst.copy_from_slice(chunk);
+                        if let Some(key) = self.frame.mask {
+                            apply_mask(dst, key, offset);
+                        }
+                    } else {
+                        let start = self.buf.len();
+                        self.buf.extend_from_slice(chunk);
+                        if let Some(key) = self.frame.mask {
+                            apply_mask(&mut self.buf[start..], key, offset);
+                        }
+                    }
+                    self.frame.got += n as u64;
+                    if self.frame.got == self.frame.len {
+                        self.end_frame(now);
+                    }
+                }
+            }
+        }
+        // Fail fast on invalid UTF-8 inside a text message still in progress.
+        if self.message == Some(MessageKind::Text) && self.buf.len() > self.utf8_valid {
+            match utf8_prefix(&self.buf[self.utf8_valid..]) {
+                Some(valid) => self.utf8_valid += valid,
+                None => self.fail(ProtocolError::InvalidUtf8, now),
+            }
+        }
+    }
+
+    /// The transport reached end of input. If the closing handshake was not complete, the
+    /// connection is closed abnormally (code 1006).
+    pub fn receive_eof(&mut self, _now: Instant) {
+        self.phase = ReadPhase::Done;
+        self.state = State::Closed;
+        self.close_transport = true;
+        self.close_deadline = None;
+        self.transport_deadline = None;
+    }
+
+    /// Runs the timers that are due at `now`: keepalive pings and their timeout, the closing
+    /// handshake timeout, and the wait for the server to close the transport.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.close_deadline.is_some_and(|d| now >= d) {
+            self.close_deadline = None;
+            self.phase = ReadPhase::Done;
+            self.state = State::Closed;
+            self.close_transport = true;
+        }
+        if self.transport_deadline.is_some_and(|d| now >= d) {
+            self.transport_deadline = None;
+            self.close_transport = true;
+        }
+        if self.state != State::Open {
+            return;
+        }
+        if self.pong_deadline.is_some_and(|d| now >= d) {
+            self.fail(ProtocolError::KeepaliveTimeout, now);
+            return;
+        }
+        if let (Some(at), Some(interval)) = (self.next_ping, self.config.ping_interval) {
+            if now >= at {
+                self.keepalive_count = self.keepalive_count.wrapping_add(1);
+                let payload = self.keepalive_count.to_be_bytes();
+                self.write_frame(OpCode::Ping, &payload);
+                self.next_ping = Some(now + interval);
+                if self.pong_deadline.is_none() {
+                    self.pong_deadline = self.config.ping_timeout.map(|t| now + t);
+                }
+            }
+        }
+    }
+
+    // ----- commands -----
+
+    /// Queues a text message.
+    pub fn send_text(&mut self, text: &str) -> Result<(), SendError> {
+        self.send_data(OpCode::Text, text.as_bytes())
+    }
+
+    /// Queues a binary message.
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
+        self.send_data(OpCode::Binary, data)
+    }
+
+    /// Queues a Ping. When its Pong arrives, [`Event::Pong`] carries the round-trip time
+    /// (the last 16 unanswered pings are remembered).
+    pub fn ping(&mut self, payload: &[u8], now: Instant) -> Result<(), SendError> {
+        if self.close_sent {
+            return Err(SendError::Closed);
+        }
+        if payload.len() > 125 {
+            return Err(SendError::ControlTooLong);
+        }
+        self.write_frame(OpCode::Ping, payload);
+        if self.user_pings.len() == MAX_USER_PINGS {
+            self.user_pings.pop_front();
+        }
+        self.user_pings.push_back((payload.to_vec(), now));
+        Ok(())
+    }
+
+    /// Queues an unsolicited Pong (a one-way heartbeat).
+    pub fn pong(&mut self, payload: &[u8]) -> Result<(), SendError> {
+        if self.close_sent {
+            return Err(SendError::Closed);
+        }
+        if payload.len() > 125 {
+            return Err(SendError::ControlTooLong);
+        }
+        self.write_frame(OpCode::Pong, payload);
+        Ok(())
+    }
+
+    /// Starts the closing handshake with `code` and `reason` (at most 123 bytes). Messages may
+    /// still arrive until the peer's Close; after `close_timeout` without it the connection is
+    /// closed anyway.
+    pub fn close(&mut self, code: u16, reason: &str, now: Instant) -> Result<(), SendError> {
+        if self.close_sent {
+            return Err(SendError::Closed);
+        }
+        if !is_valid_close_code(code) {
+            return Err(SendError::InvalidCloseCode(code));
+        }
+        if reason.len() > 123 {
+            return Err(SendError::ReasonTooLong);
+        }
+        self.write_close(Some(code), reason);
+        if self.state == State::Open {
+            self.state = State::Closing;
+            self.close_deadline = Some(now + self.config.close_timeout);
+        }
+        Ok(())
+    }
+
+    // ----- outputs -----
+
+    /// Bytes waiting to be written to the transport, in order.
+    pub fn transmit(&self) -> &[u8] {
+        &self.out[self.out_pos..]
+    }
+
+    /// Reports that the first `n` bytes of [`transmit`](Self::transmit) were written.
+    pub fn advance_transmit(&mut self, n: usize) {
+        self.out_pos = (self.out_pos + n).min(self.out.len());
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            if self.out.capacity() > OUT_KEEP {
+                self.out = Vec::new();
+            }
+        }
+    }
+
+    /// How many bytes wait in the transmit buffer.
+    pub fn buffered_amount(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// True if [`poll_event`](Self::poll_event) would return an event.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// The earliest instant at which [`handle_timeout`](Self::handle_timeout) has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = earliest(self.close_deadline, self.transport_deadline);
+        if self.state == State::Open {
+            t = earliest(t, self.pong_deadline);
+            t = earliest(t, self.next_ping);
+        }
+        t
+    }
+
+    /// True once the driver should close the transport (after writing what is buffered).
+    ///
+    /// A server closes right after the closing handshake; a client waits for the server to
+    /// close first, for at most `close_timeout`.
+    pub fn wants_close_transport(&self) -> bool {
+        self.close_transport
+    }
+
+    // ----- internals -----
+
+    fn begin_frame(&mut self, now: Instant) -> Result<(), ProtocolError> {
+        let _ = now;
+        let b0 = self.head[0];
+        let b1 = self.head[1];
+        self.head_len = 0;
+        let fin = b0 & 0x80 != 0;
+        if b0 & 0x70 != 0 {
+            return Err(ProtocolError::ReservedBits);
+        }
+        let opcode = OpCode::from_u8(b0 & 0x0F).ok_or(ProtocolError::UnknownOpcode(b0 & 0x0F))?;
+        let masked = b1 & 0x80 != 0;
+        let (len, mut at) = match b1 & 0x7F {
+            126 => {
+                let len = u64::from(u16::from_be_bytes([self.head[2], self.head[3]]));
+                if len < 126 {
+                    return Err(ProtocolError::NonMinimalLength);
+                }
+                (len, 4)
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&self.head[2..10]);
+                let len = u64::from_be_bytes(b);
+                if len >> 63 != 0 {
+                    return Err(ProtocolError::LengthOverflow);
+                }
+                if len <= u64::from(u16::MAX) {
+                    return Err(ProtocolError::NonMinimalLength);
+                }
+                (len, 10)
+            }
+            n => (u64::from(n), 2),
+        };
+        let mask = if masked {
+            let mut key = [0u8; 4];
+            key.copy_from_slice(&self.head[at..at + 4]);
+            at += 4;
+            Some(key)
+        } else {
+            None
+        };
+        debug_assert_eq!(at, header_len(b0, b1));
+        match (self.role, masked) {
+            (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame),
+            (Role::Client, true) => return Err(ProtocolError::MaskedFrame),
+            _ => {}
+        }
+        if opcode.is_control() {
+            if !fin {
+                return Err(ProtocolError::FragmentedControl);
+            }
+            if len > 125 {
+                return Err(ProtocolError::ControlTooLong);
+            }
+        } else {
+            match (opcode, self.message) {
+                (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
+                (OpCode::Text | OpCode::Binary, Some(_)) => {
+                    return Err(ProtocolError::ExpectedContinuation)
+                }
+                (OpCode::Text, None) => self.start_message(MessageKind::Text),
+                (OpCode::Binary, None) => self.start_message(MessageKind::Binary),
+                _ => {}
+            }
+            self.fragments += 1;
+            if self.fragments > self.config.max_fragments {
+                return Err(ProtocolError::TooManyFragments {
+                    max: self.config.max_fragments,
+                });
+            }
+            if len > self.config.max_frame_size as u64 {
+                return Err(ProtocolError::FrameTooLarge {
+                    max: self.config.max_frame_size,
+                });
+            }
+            if self.buf.len() as u64 + len > self.config.max_message_size as u64 {
+                return Err(ProtocolError::MessageTooLarge {
+                    max: self.config.max_message_size,
+                });
+            }
+            // Bounded by max_frame_size above, so the cast cannot truncate on 64-bit targets;
+            // the reservation is capped anyway.
+            self.buf.reserve((len as usize).min(FRAME_RESERVE));
+        }
+        self.frame = FrameInfo {
+            fin,
+            opcode,
+            mask,
+            len,
+            got: 0,
+        };
+        self.phase = ReadPhase::Payload;
+        if len == 0 {
+            self.end_frame(now);
+        }
+        Ok(())
+    }
+
+    fn start_message(&mut self, kind: MessageKind) {
+        self.message = Some(kind);
+        self.fragments = 0;
+        self.utf8_valid = 0;
+    }
+
+    fn end_frame(&mut self, now: Instant) {
+        self.phase = ReadPhase::Header;
+        let len = self.frame.len as usize;
+        match self.frame.opcode {
+            OpCode::Ping => {
+                let payload = self.control[..len].to_vec();
+                if !self.close_sent {
+                    self.write_frame(OpCode::Pong, &payload);
+                }
+                self.events.push_back(Event::Ping(payload));
+            }
+            OpCode::Pong => {
+                let payload = self.control[..len].to_vec();
+                // Any Pong proves the peer alive (RFC 6455 allows unsolicited Pongs as
+                // heartbeats), so it clears the keepalive deadline.
+                self.pong_deadline = None;
+                let rtt = self
+                    .user_pings
+                    .iter()
+                    .position(|(p, _)| *p == payload)
+                    .map(|i| {
+                        let sent = self.user_pings[i].1;
+                        self.user_pings.drain(..=i);
+                        now.saturating_duration_since(sent)
+                    });
+                self.events.push_back(Event::Pong { payload, rtt });
+            }
+            OpCode::Close => self.on_close(len, now),
+            OpCode::Continuation | OpCode::Text | OpCode::Binary => {
+                if self.frame.fin {
+                    self.end_message(now);
+                }
+            }
+        }
+    }
+
+    fn end_message(&mut self, now: Instant) {
+        let kind = self.message.take();
+        let data = std::mem::take(&mut self.buf);
+        self.utf8_valid = 0;
+        self.fragments = 0;
+        match kind {
+            Some(MessageKind::Text) => match String::from_utf8(data) {
+                Ok(text) => self.events.push_back(Event::Text(text)),
+                Err(_) => self.fail(ProtocolError::InvalidUtf8, now),
+            },
+            Some(MessageKind::Binary) => self.events.push_back(Event::Binary(data)),
+            None => {}
+        }
+    }
+
+    fn on_close(&mut self, len: usize, now: Instant) {
+        let frame = match len {
+            0 => None,
+            1 => return self.fail(ProtocolError::InvalidClosePayload, now),
+            _ => {
+                let code = u16::from_be_bytes([self.control[0], self.control[1]]);
+                if !is_valid_close_code(code) {
+                    return self.fail(ProtocolError::InvalidCloseCode(code), now);
+                }
+                let Ok(reason) = std::str::from_utf8(&self.control[2..len]) else {
+                    return self.fail(ProtocolError::InvalidUtf8, now);
+                };
+                Some(CloseFrame {
+                    code,
+                    reason: reason.to_owned(),
+                })
+            }
+        };
+        if !self.close_sent {
+            // Echo the status code, as RFC 6455 section 5.5.1 suggests.
+            self.write_close(frame.as_ref().map(|f| f.code), "");
+        }
+        self.peer_close = Some(frame.clone());
+        self.events.push_back(Event::Close(frame));
+        self.phase = ReadPhase::Done;
+        self.state = State::Closed;
+        self.close_deadline = None;
+        self.message = None;
+        self.buf = Vec::new();
+        match self.role {
+            Role::Server => self.close_transport = true,
+            Role::Client => self.transport_deadline = Some(now + self.config.close_timeout),
+        }
+    }
+
+    fn fail(&mut self, error: ProtocolError, _now: Instant) {
+        if self.state == State::Closed && self.phase == ReadPhase::Done {
+            return;
+        }
+        if !self.close_sent {
+            self.write_close(Some(error.close_code()), error.close_reason());
+        }
+        self.events.push_back(Event::Error(error));
+        self.phase = ReadPhase::Done;
+        self.state = State::Closed;
+        self.close_deadline = None;
+        self.transport_deadline = None;
+        self.close_transport = true;
+        self.message = None;
+        self.buf = Vec::new();
+    }
+
+    fn send_data(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
+        if self.close_sent {
+            return Err(SendError::Closed);
+        }
+        self.write_frame(opcode, payload);
+        Ok(())
+    }
+
+    fn write_close(&mut self, code: Option<u16>, reason: &str) {
+        let mut payload = [0u8; 125];
+        let n = match code {
+            Some(code) => {
+                payload[..2].copy_from_slice(&code.to_be_bytes());
+                let r = &reason.as_bytes()[..reason.len().min(123)];
+                payload[2..2 + r.len()].copy_from_slice(r);
+                2 + r.len()
+            }
+            None => 0,
+        };
+        self.write_frame(OpCode::Close, &payload[..n]);
+        self.close_sent = true;
+    }
+
+    fn write_frame(&mut self, opcode: OpCode, payload: &[u8]) {
+        if self.out_pos > OUT_KEEP && self.out_pos * 2 > self.out.len() {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        let mask = match self.role {
+            Role::Client => Some(rand::random::<[u8; 4]>()),
+            Role::Server => None,
+        };
+        encode_frame(&mut self.out, true, false, opcode, mask, payload);
+    }
+}
+
+/// The header length announced by a frame's first two bytes.
+fn header_len(_b0: u8, b1: u8) -> usize {
+    let ext = match b1 & 0x7F {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 }
+}
+
+/// Length of the longest prefix of `bytes` that is valid UTF-8 or may become valid once more
+/// bytes arrive; `None` if `bytes` contains an invalid sequence.
+fn utf8_prefix(bytes: &[u8]) -> Option<usize> {
+    match simdutf8::compat::from_utf8(bytes) {
+        Ok(_) => Some(bytes.len()),
+        Err(e) if e.error_len().is_none() => Some(e.valid_up_to()),
+        Err(_) => None,
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}

@@ -1,0 +1,600 @@
+//! The connection state machine: framing, limits, closing handshake and timers, driven with
+//! explicit time.
+
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use tether_proto::frame::encode_frame;
+use tether_proto::{
+    close_code, CloseFrame, Config, Connection, Event, OpCode, ProtocolError, Role, State,
+};
+
+const KEY: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+
+fn server(now: Instant) -> Connection {
+    Connection::new(Role::Server, Config::default(), now)
+}
+
+fn client(now: Instant) -> Connection {
+    Connection::new(Role::Client, Config::default(), now)
+}
+
+/// A masked frame as a client sends it.
+fn cframe(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+    raw_frame(fin, 0, op, Some(KEY), payload)
+}
+
+fn raw_frame(fin: bool, rsv: u8, op: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    let opcode = OpCode::from_u8(op).unwrap_or(OpCode::Binary);
+    encode_frame(&mut v, fin, false, opcode, mask, payload);
+    // Patch the first byte so that reserved opcodes and bits can be expressed.
+    v[0] = (u8::from(fin) << 7) | (rsv << 4) | op;
+    v
+}
+
+fn events(c: &mut Connection) -> Vec<Event> {
+    std::iter::from_fn(|| c.poll_event()).collect()
+}
+
+/// Decodes what `from` transmitted by feeding it to a connection of the other role.
+fn decode_output(from: &mut Connection, now: Instant) -> Vec<Event> {
+    let role = match from.role() {
+        Role::Client => Role::Server,
+        Role::Server => Role::Client,
+    };
+    let mut peer = Connection::new(role, Config::default(), now);
+    let bytes = from.transmit().to_vec();
+    from.advance_transmit(bytes.len());
+    peer.receive(&bytes, now);
+    events(&mut peer)
+}
+
+#[test]
+fn text_and_binary_messages_arrive_whole() {
+    let now = Instant::now();
+    let mut s = server(now);
+    let mut input = cframe(true, 1, "héllo".as_bytes());
+    input.extend(cframe(true, 2, &[0, 1, 2, 255]));
+    s.receive(&input, now);
+    assert_eq!(
+        events(&mut s),
+        vec![
+            Event::Text("héllo".into()),
+            Event::Binary(vec![0, 1, 2, 255])
+        ]
+    );
+}
+
+#[test]
+fn fragmented_message_with_interleaved_ping() {
+    let now = Instant::now();
+    let mut s = server(now);
+    let mut input = cframe(false, 1, b"frag");
+    input.extend(cframe(true, 9, b"p"));
+    input.extend(cframe(false, 0, b"men"));
+    input.extend(cframe(true, 0, b"ted"));
+    s.receive(&input, now);
+    assert_eq!(
+        events(&mut s),
+        vec![Event::Ping(b"p".to_vec()), Event::Text("fragmented".into())]
+    );
+    // The Pong was queued with the same payload.
+    let out = decode_output(&mut s, now);
+    assert_eq!(
+        out,
+        vec![Event::Pong {
+            payload: b"p".to_vec(),
+            rtt: None
+        }]
+    );
+}
+
+#[test]
+fn server_output_is_unmasked_and_client_output_masked() {
+    let now = Instant::now();
+    let mut s = server(now);
+    s.send_text("hi").unwrap();
+    assert_eq!(s.transmit(), &[0x81, 0x02, b'h', b'i']);
+    let mut c = client(now);
+    c.send_binary(b"abc").unwrap();
+    let t = c.transmit();
+    assert_eq!(t[0], 0x82);
+    assert_eq!(t[1], 0x80 | 3);
+    assert_eq!(t.len(), 2 + 4 + 3);
+    assert_eq!(
+        decode_output(&mut c, now),
+        vec![Event::Binary(b"abc".to_vec())]
+    );
+}
+
+fn expect_failure(role: Role, input: &[u8], want: ProtocolError) {
+    let now = Instant::now();
+    let mut c = Connection::new(role, Config::default().max_message_size(1000), now);
+    c.receive(input, now);
+    let evs = events(&mut c);
+    assert_eq!(evs.last(), Some(&Event::Error(want.clone())), "{evs:?}");
+    assert_eq!(c.state(), State::Closed);
+    assert!(c.wants_close_transport());
+    let out = decode_output(&mut c, now);
+    let code = want.close_code();
+    assert!(
+        matches!(out.as_slice(), [Event::Close(Some(CloseFrame { code: c, .. }))] if *c == code),
+        "{want:?}: {out:?}"
+    );
+    // Nothing after a failure is processed.
+    c.receive(&cframe(true, 1, b"late"), now);
+    assert!(c.poll_event().is_none());
+}
+
+#[test]
+fn every_malformed_frame_fails_with_its_close_code() {
+    let s = Role::Server;
+    expect_failure(
+        s,
+        &raw_frame(true, 4, 1, Some(KEY), b"x"),
+        ProtocolError::ReservedBits,
+    );
+    expect_failure(
+        s,
+        &raw_frame(true, 1, 1, Some(KEY), b"x"),
+        ProtocolError::ReservedBits,
+    );
+    expect_failure(
+        s,
+        &raw_frame(true, 0, 3, Some(KEY), b"x"),
+        ProtocolError::UnknownOpcode(3),
+    );
+    expect_failure(
+        s,
+        &raw_frame(true, 0, 0xB, Some(KEY), b""),
+        ProtocolError::UnknownOpcode(0xB),
+    );
+    expect_failure(s, &cframe(false, 9, b"x"), ProtocolError::FragmentedControl);
+    expect_failure(
+        s,
+        &cframe(true, 9, &[0; 126]),
+        ProtocolError::ControlTooLong,
+    );
+    expect_failure(
+        s,
+        &raw_frame(true, 0, 1, None, b"x"),
+        ProtocolError::UnmaskedFrame,
+    );
+    expect_failure(
+        Role::Client,
+        &cframe(true, 1, b"x"),
+        ProtocolError::MaskedFrame,
+    );
+    expect_failure(
+        s,
+        &[0x81, 0xFE, 0x00, 0x05, 1, 2, 3, 4],
+        ProtocolError::NonMinimalLength,
+    );
+    expect_failure(
+        s,
+        &[0x82, 0xFF, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 1, 2, 3, 4],
+        ProtocolError::NonMinimalLength,
+    );
+    expect_failure(
+        s,
+        &[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4],
+        ProtocolError::LengthOverflow,
+    );
+    expect_failure(
+        s,
+        &cframe(true, 0, b"x"),
+        ProtocolError::UnexpectedContinuation,
+    );
+    let mut two_starts = cframe(false, 1, b"a");
+    two_starts.extend(cframe(true, 1, b"b"));
+    expect_failure(s, &two_starts, ProtocolError::ExpectedContinuation);
+    expect_failure(
+        s,
+        &cframe(true, 8, &[0x03, 0xED]),
+        ProtocolError::InvalidCloseCode(1005),
+    );
+    expect_failure(
+        s,
+        &cframe(true, 8, &[0x03]),
+        ProtocolError::InvalidClosePayload,
+    );
+    expect_failure(
+        s,
+        &cframe(true, 8, &[0x03, 0xE8, 0xFF]),
+        ProtocolError::InvalidUtf8,
+    );
+    expect_failure(
+        s,
+        &cframe(true, 1, &[0xCE, 0xBA, 0xE1, 0xBD]),
+        ProtocolError::InvalidUtf8,
+    );
+    expect_failure(
+        s,
+        &cframe(true, 2, &[0; 1001]),
+        ProtocolError::MessageTooLarge { max: 1000 },
+    );
+}
+
+#[test]
+fn frame_and_fragment_limits_close_with_1009() {
+    let now = Instant::now();
+    let config = Config::default().max_frame_size(10).max_fragments(3);
+    let mut s = Connection::new(Role::Server, config.clone(), now);
+    s.receive(&cframe(true, 2, &[0; 11]), now);
+    assert_eq!(
+        events(&mut s),
+        vec![Event::Error(ProtocolError::FrameTooLarge { max: 10 })]
+    );
+    let mut s = Connection::new(Role::Server, config, now);
+    let mut input = cframe(false, 2, b"a");
+    for _ in 0..3 {
+        input.extend(cframe(false, 0, b"a"));
+    }
+    s.receive(&input, now);
+    assert_eq!(
+        events(&mut s),
+        vec![Event::Error(ProtocolError::TooManyFragments { max: 3 })]
+    );
+    assert_eq!(
+        ProtocolError::TooManyFragments { max: 3 }.close_code(),
+        1009
+    );
+}
+
+#[test]
+fn oversized_frame_is_refused_before_its_payload_arrives() {
+    let now = Instant::now();
+    let mut s = Connection::new(
+        Role::Server,
+        Config::default().max_message_size(1 << 20),
+        now,
+    );
+    // A header announcing 2 GiB, and no payload: the error comes from the header alone.
+    let mut head = vec![0x82, 0xFF];
+    head.extend((2u64 << 30).to_be_bytes());
+    head.extend(KEY);
+    s.receive(&head, now);
+    assert_eq!(
+        events(&mut s),
+        vec![Event::Error(ProtocolError::FrameTooLarge { max: 16 << 20 })]
+    );
+}
+
+#[test]
+fn invalid_utf8_fails_fast_inside_a_fragment() {
+    let now = Instant::now();
+    let mut s = server(now);
+    // A 20-byte text frame whose first bytes are already invalid: fail before the rest arrives.
+    let frame = cframe(
+        true,
+        1,
+        b"\xCE\xBA\xE1\xBD\xB9\xCE\xBC\xCE\xB5\xED\xA0\x80edited",
+    );
+    s.receive(&frame[..frame.len() - 5], now);
+    assert_eq!(
+        events(&mut s),
+        vec![Event::Error(ProtocolError::InvalidUtf8)]
+    );
+
+    // A split multi-byte sequence is not an error until the message ends.
+    let mut s = server(now);
+    let euro = "€".as_bytes();
+    s.receive(&cframe(false, 1, &euro[..1]), now);
+    assert!(s.poll_event().is_none());
+    s.receive(&cframe(false, 0, &euro[1..]), now);
+    assert!(s.poll_event().is_none());
+    s.receive(&cframe(true, 0, b""), now);
+    assert_eq!(events(&mut s), vec![Event::Text("€".into())]);
+
+    // An incomplete sequence at the end of the message is invalid.
+    let mut s = server(now);
+    s.receive(&cframe(true, 1, &euro[..2]), now);
+    assert_eq!(
+        events(&mut s),
+        vec![Event::Error(ProtocolError::InvalidUtf8)]
+    );
+}
+
+#[test]
+fn peer_initiated_close_is_echoed_and_server_closes_transport() {
+    let now = Instant::now();
+    let mut s = server(now);
+    let mut payload = 1001u16.to_be_bytes().to_vec();
+    payload.extend(b"bye");
+    s.receive(&cframe(true, 8, &payload), now);
+    let close = CloseFrame {
+        code: 1001,
+        reason: "bye".into(),
+    };
+    assert_eq!(events(&mut s), vec![Event::Close(Some(close.clone()))]);
+    assert_eq!(s.state(), State::Closed);
+    assert_eq!(s.close_code(), 1001);
+    assert!(s.wants_close_transport());
+    assert!(s.send_text("late").is_err());
+    let echoed = decode_output(&mut s, now);
+    assert_eq!(
+        echoed,
+        vec![Event::Close(Some(CloseFrame {
+            code: 1001,
+            reason: String::new()
+        }))]
+    );
+}
+
+#[test]
+fn empty_close_is_echoed_empty_and_reports_1005() {
+    let now = Instant::now();
+    let mut s = server(now);
+    s.receive(&cframe(true, 8, b""), now);
+    assert_eq!(events(&mut s), vec![Event::Close(None)]);
+    assert_eq!(s.close_code(), close_code::NO_STATUS);
+    assert_eq!(s.transmit(), &[0x88, 0x00]);
+}
+
+#[test]
+fn client_waits_for_server_to_close_transport_then_gives_up() {
+    let t0 = Instant::now();
+    let mut c = client(t0);
+    c.receive(&raw_frame(true, 0, 8, None, &1000u16.to_be_bytes()), t0);
+    assert_eq!(c.state(), State::Closed);
+    assert!(!c.wants_close_transport());
+    let deadline = c.poll_timeout().unwrap();
+    assert_eq!(deadline, t0 + Duration::from_secs(10));
+    c.handle_timeout(deadline - Duration::from_millis(1));
+    assert!(!c.wants_close_transport());
+    c.handle_timeout(deadline);
+    assert!(c.wants_close_transport());
+}
+
+#[test]
+fn local_close_completes_on_peer_close_or_times_out() {
+    let t0 = Instant::now();
+    let mut s = server(t0);
+    s.close(1000, "done", t0).unwrap();
+    assert_eq!(s.state(), State::Closing);
+    assert_eq!(
+        s.close(1000, "again", t0),
+        Err(tether_proto::SendError::Closed)
+    );
+    // Messages still arrive while closing.
+    s.receive(&cframe(true, 1, b"in flight"), t0);
+    assert_eq!(events(&mut s), vec![Event::Text("in flight".into())]);
+    s.receive(&cframe(true, 8, &1000u16.to_be_bytes()), t0);
+    assert_eq!(s.state(), State::Closed);
+    assert!(s.wants_close_transport());
+    // Only our one Close frame went out.
+    assert_eq!(
+        decode_output(&mut s, t0),
+        vec![Event::Close(Some(CloseFrame {
+            code: 1000,
+            reason: "done".into()
+        }))]
+    );
+
+    let mut s = server(t0);
+    s.close(1000, "", t0).unwrap();
+    let deadline = s.poll_timeout().unwrap();
+    assert_eq!(deadline, t0 + Duration::from_secs(10));
+    s.handle_timeout(deadline);
+    assert_eq!(s.state(), State::Closed);
+    assert_eq!(s.close_code(), close_code::ABNORMAL);
+    assert!(s.wants_close_transport());
+}
+
+#[test]
+fn close_arguments_are_checked() {
+    let now = Instant::now();
+    let mut s = server(now);
+    assert!(s.close(1005, "", now).is_err());
+    assert!(s.close(1000, &"x".repeat(124), now).is_err());
+    assert!(s.ping(&[0; 126], now).is_err());
+    assert_eq!(s.buffered_amount(), 0);
+}
+
+#[test]
+fn keepalive_pings_on_schedule_and_times_out_with_1011() {
+    let t0 = Instant::now();
+    let config = Config::default()
+        .ping_interval(Some(Duration::from_secs(20)))
+        .ping_timeout(Some(Duration::from_secs(5)));
+    let mut c = Connection::new(Role::Client, config, t0);
+    assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(20)));
+    c.handle_timeout(t0 + Duration::from_secs(19));
+    assert_eq!(c.buffered_amount(), 0);
+    let t1 = t0 + Duration::from_secs(20);
+    c.handle_timeout(t1);
+    let sent = decode_output(&mut c, t1);
+    assert!(
+        matches!(sent.as_slice(), [Event::Ping(p)] if p.len() == 4),
+        "{sent:?}"
+    );
+    assert_eq!(c.poll_timeout(), Some(t1 + Duration::from_secs(5)));
+
+    // A pong clears the deadline; the next ping comes an interval after the last.
+    c.receive(&raw_frame(true, 0, 0xA, None, b"any"), t1);
+    assert!(matches!(
+        events(&mut c).as_slice(),
+        [Event::Pong { rtt: None, .. }]
+    ));
+    assert_eq!(c.poll_timeout(), Some(t1 + Duration::from_secs(20)));
+
+    let t2 = t1 + Duration::from_secs(20);
+    c.handle_timeout(t2);
+    c.advance_transmit(c.buffered_amount());
+    c.handle_timeout(t2 + Duration::from_secs(5));
+    assert_eq!(
+        events(&mut c),
+        vec![Event::Error(ProtocolError::KeepaliveTimeout)]
+    );
+    assert!(c.wants_close_transport());
+    assert_eq!(
+        decode_output(&mut c, t2),
+        vec![Event::Close(Some(CloseFrame {
+            code: 1011,
+            reason: "keepalive ping timeout".into()
+        }))]
+    );
+}
+
+#[test]
+fn keepalive_disabled_sets_no_timer() {
+    let t0 = Instant::now();
+    let c = Connection::new(Role::Server, Config::default().ping_interval(None), t0);
+    assert_eq!(c.poll_timeout(), None);
+}
+
+#[test]
+fn ping_reports_round_trip_time() {
+    let t0 = Instant::now();
+    let mut c = client(t0);
+    c.ping(b"one", t0).unwrap();
+    c.ping(b"two", t0 + Duration::from_millis(5)).unwrap();
+    c.receive(
+        &raw_frame(true, 0, 0xA, None, b"two"),
+        t0 + Duration::from_millis(12),
+    );
+    assert_eq!(
+        events(&mut c),
+        vec![Event::Pong {
+            payload: b"two".to_vec(),
+            rtt: Some(Duration::from_millis(7))
+        }]
+    );
+    // The earlier ping was answered by implication and is forgotten.
+    c.receive(
+        &raw_frame(true, 0, 0xA, None, b"one"),
+        t0 + Duration::from_millis(20),
+    );
+    assert_eq!(
+        events(&mut c),
+        vec![Event::Pong {
+            payload: b"one".to_vec(),
+            rtt: None
+        }]
+    );
+}
+
+#[test]
+fn eof_without_close_is_abnormal() {
+    let now = Instant::now();
+    let mut s = server(now);
+    s.receive_eof(now);
+    assert_eq!(s.state(), State::Closed);
+    assert_eq!(s.close_code(), 1006);
+    assert!(s.wants_close_transport());
+}
+
+#[derive(Clone, Debug)]
+enum Msg {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+}
+
+fn msg_strategy() -> impl Strategy<Value = Msg> {
+    prop_oneof![
+        ".{0,300}".prop_map(Msg::Text),
+        proptest::collection::vec(any::<u8>(), 0..70_000).prop_map(Msg::Binary),
+        proptest::collection::vec(any::<u8>(), 0..125).prop_map(Msg::Ping),
+    ]
+}
+
+/// Encodes `msgs` as a client would, fragmenting data messages into `frag` pieces.
+fn encode_all(msgs: &[Msg], frag: usize) -> (Vec<u8>, Vec<Event>) {
+    let mut out = Vec::new();
+    let mut want = Vec::new();
+    for m in msgs {
+        match m {
+            Msg::Ping(p) => {
+                out.extend(cframe(true, 9, p));
+                want.push(Event::Ping(p.clone()));
+            }
+            Msg::Text(_) | Msg::Binary(_) => {
+                let (op, bytes, ev) = match m {
+                    Msg::Text(t) => (1, t.as_bytes().to_vec(), Event::Text(t.clone())),
+                    Msg::Binary(b) => (2, b.clone(), Event::Binary(b.clone())),
+                    Msg::Ping(_) => unreachable!(),
+                };
+                let size = bytes.len().div_ceil(frag).max(1);
+                let pieces: Vec<&[u8]> = if bytes.is_empty() {
+                    vec![&[]]
+                } else {
+                    bytes.chunks(size).collect()
+                };
+                for (i, p) in pieces.iter().enumerate() {
+                    let last = i + 1 == pieces.len();
+                    out.extend(cframe(last, if i == 0 { op } else { 0 }, p));
+                }
+                want.push(ev);
+            }
+        }
+    }
+    (out, want)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn any_chunking_gives_the_same_events(
+        msgs in proptest::collection::vec(msg_strategy(), 1..6),
+        frag in 1usize..5,
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..20),
+    ) {
+        let now = Instant::now();
+        let (bytes, want) = encode_all(&msgs, frag);
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+        points.sort_unstable();
+        let mut s = server(now);
+        let mut prev = 0;
+        for p in points.into_iter().chain(std::iter::once(bytes.len())) {
+            s.receive(&bytes[prev..p], now);
+            prev = p;
+        }
+        prop_assert_eq!(events(&mut s), want);
+    }
+
+    #[test]
+    fn one_byte_at_a_time_equals_all_at_once(msgs in proptest::collection::vec(msg_strategy(), 1..4)) {
+        let now = Instant::now();
+        let (bytes, want) = encode_all(&msgs, 2);
+        let mut s = server(now);
+        for b in bytes.chunks(1) {
+            s.receive(b, now);
+        }
+        prop_assert_eq!(events(&mut s), want);
+    }
+
+    #[test]
+    fn server_to_client_round_trip(msgs in proptest::collection::vec(msg_strategy(), 1..6)) {
+        let now = Instant::now();
+        let mut s = server(now);
+        let mut want = Vec::new();
+        for m in &msgs {
+            match m {
+                Msg::Text(t) => { s.send_text(t).unwrap(); want.push(Event::Text(t.clone())); }
+                Msg::Binary(b) => { s.send_binary(b).unwrap(); want.push(Event::Binary(b.clone())); }
+                Msg::Ping(p) => { s.ping(p, now).unwrap(); want.push(Event::Ping(p.clone())); }
+            }
+        }
+        prop_assert_eq!(decode_output(&mut s, now), want);
+    }
+
+    #[test]
+    fn arbitrary_input_never_panics(
+        data in proptest::collection::vec(any::<u8>(), 0..2000),
+        role in prop_oneof![Just(Role::Client), Just(Role::Server)],
+    ) {
+        let now = Instant::now();
+        let mut c = Connection::new(role, Config::default().max_message_size(512), now);
+        for chunk in data.chunks(7) {
+            c.receive(chunk, now);
+        }
+        while let Some(ev) = c.poll_event() {
+            if let Event::Error(e) = ev {
+                prop_assert!([1002, 1007, 1009].contains(&e.close_code()));
+            }
+        }
+    }
+}
