@@ -1,1 +1,3 @@
+//! The `tether` command: connect, serve, demo.
+
 fn main() {}

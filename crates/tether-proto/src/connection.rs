@@ -111,8 +111,9 @@ pub enum Event {
     /// The peer sent a Close frame (`None`: no status code). The reply was already queued; the
     /// connection is now [`State::Closed`].
     Close(Option<CloseFrame>),
-    /// The connection failed: a Close frame with the error's code was queued, and the driver
-    /// should flush and close the transport.
+    /// The connection failed. When this event is taken, a Close frame with the error's code
+    /// is queued and the connection becomes [`State::Closed`]; the driver should flush and
+    /// close the transport. Events before it are still valid and may be answered.
     Error(ProtocolError),
 }
 
@@ -209,6 +210,7 @@ pub struct Connection {
     pong_deadline: Option<Instant>,
     keepalive_count: u32,
     user_pings: VecDeque<(Vec<u8>, Instant)>,
+    answered: VecDeque<(Vec<u8>, Duration)>,
 }
 
 impl Connection {
@@ -246,6 +248,7 @@ impl Connection {
             pong_deadline: None,
             keepalive_count: 0,
             user_pings: VecDeque::new(),
+            answered: VecDeque::new(),
         }
     }
 
@@ -474,12 +477,32 @@ impl Connection {
 
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if let Some(Event::Error(e)) = &event {
+            self.apply_failure(e);
+        }
+        event
     }
 
     /// True if [`poll_event`](Self::poll_event) would return an event.
     pub fn has_events(&self) -> bool {
         !self.events.is_empty()
+    }
+
+    /// True if a complete text or binary message waits in the event queue. Drivers use it to
+    /// coalesce writes: replies to messages that are already decoded can wait for the last of
+    /// them and leave in one write.
+    pub fn has_pending_messages(&self) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, Event::Text(_) | Event::Binary(_)))
+    }
+
+    /// The round-trip time of the [`ping`](Self::ping) with this payload, once its Pong
+    /// arrived (each answer is taken once; the last 16 are kept).
+    pub fn take_rtt(&mut self, payload: &[u8]) -> Option<Duration> {
+        let i = self.answered.iter().position(|(p, _)| p == payload)?;
+        self.answered.remove(i).map(|(_, rtt)| rtt)
     }
 
     /// The earliest instant at which [`handle_timeout`](Self::handle_timeout) has work.
@@ -631,6 +654,12 @@ impl Connection {
                         self.user_pings.drain(..=i);
                         now.saturating_duration_since(sent)
                     });
+                if let Some(rtt) = rtt {
+                    if self.answered.len() == MAX_USER_PINGS {
+                        self.answered.pop_front();
+                    }
+                    self.answered.push_back((payload.clone(), rtt));
+                }
                 self.events.push_back(Event::Pong { payload, rtt });
             }
             OpCode::Close => self.on_close(len, now),
@@ -692,21 +721,29 @@ impl Connection {
         }
     }
 
+    /// Fails the connection. Reading stops at once, but the Close frame is written only when
+    /// the error is taken from the event queue: messages decoded before the bad frame are
+    /// still delivered first, and replies to them still go out before the Close.
     fn fail(&mut self, error: ProtocolError, _now: Instant) {
-        if self.state == State::Closed && self.phase == ReadPhase::Done {
+        if self.phase == ReadPhase::Done {
             return;
         }
+        self.phase = ReadPhase::Done;
+        self.message = None;
+        self.buf = Vec::new();
+        self.next_ping = None;
+        self.pong_deadline = None;
+        self.events.push_back(Event::Error(error));
+    }
+
+    fn apply_failure(&mut self, error: &ProtocolError) {
         if !self.close_sent {
             self.write_close(Some(error.close_code()), error.close_reason());
         }
-        self.events.push_back(Event::Error(error));
-        self.phase = ReadPhase::Done;
         self.state = State::Closed;
         self.close_deadline = None;
         self.transport_deadline = None;
         self.close_transport = true;
-        self.message = None;
-        self.buf = Vec::new();
     }
 
     fn send_data(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {

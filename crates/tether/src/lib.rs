@@ -1,1 +1,27 @@
-//! tether
+//! tether: a WebSocket client and server for tokio that stays connected.
+//!
+//! * [`connect`] opens one connection and reports failure as a typed [`Error`].
+//! * [`Server`] accepts connections (see [`serve`]).
+//! * The protocol itself lives in the sans-I/O crate [`tether_proto`].
+#![forbid(unsafe_code)]
+
+mod client;
+mod config;
+mod error;
+mod server;
+mod stream;
+pub mod tls;
+mod websocket;
+
+pub use client::{connect, ClientBuilder, USER_AGENT};
+pub use config::Config;
+pub use error::{Error, Phase, RedirectError, Response, Result};
+pub use server::{
+    accept, credentials_match, serve, HttpRequest, HttpResponse, Server, ServerConfig,
+    ShutdownHandle,
+};
+pub use stream::MaybeTlsStream;
+pub use tether_proto::handshake::{Headers, Request};
+pub use tether_proto::{self as proto, close_code, CloseFrame, ProtocolError};
+pub use tls::TlsConfig;
+pub use websocket::{Message, WebSocket, WsReceiver, WsSender};

@@ -1,0 +1,507 @@
+//! Opening client connections: URL, TCP, proxy, TLS, upgrade, redirects.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use tether_proto::handshake::{self, ClientHandshake, ClientRequest, HeadLimits, Response};
+use tether_proto::Role;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+use url::Url;
+
+use crate::config::Config;
+use crate::error::{Error, Phase, RedirectError, Result};
+use crate::stream::MaybeTlsStream;
+use crate::tls::{server_name, TlsConfig};
+use crate::websocket::WebSocket;
+
+/// The default `User-Agent` header.
+pub const USER_AGENT: &str = concat!("tether/", env!("CARGO_PKG_VERSION"));
+
+/// Opens one WebSocket connection to `url` (`ws://` or `wss://`) with default settings.
+/// Nothing is retried; see [`ClientBuilder::reconnecting`](crate::ClientBuilder::reconnecting)
+/// for a connection that stays up.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tether::Error> {
+/// let mut ws = tether::connect("ws://127.0.0.1:8765/").await?;
+/// ws.send("hello").await?;
+/// if let Some(reply) = ws.recv().await {
+///     println!("{:?}", reply?);
+/// }
+/// ws.close(1000, "bye").await?;
+/// # Ok(()) }
+/// ```
+pub async fn connect(url: &str) -> Result<WebSocket> {
+    ClientBuilder::new(url).connect().await
+}
+
+/// Settings for opening client connections, with documented defaults.
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    pub(crate) url: String,
+    pub(crate) headers: Vec<(String, String)>,
+    subprotocols: Vec<String>,
+    origin: Option<String>,
+    user_agent: Option<String>,
+    open_timeout: Duration,
+    pub(crate) config: Config,
+    tls: TlsConfig,
+    proxy: Option<String>,
+    max_redirects: usize,
+    head_limits: HeadLimits,
+}
+
+impl ClientBuilder {
+    /// Settings for connecting to `url`, all defaults: no extra headers, no subprotocol,
+    /// `User-Agent: tether/VERSION`, open timeout 10 s, up to 10 redirects, the default
+    /// [`Config`] and [`TlsConfig`], no proxy.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            headers: Vec::new(),
+            subprotocols: Vec::new(),
+            origin: None,
+            user_agent: Some(USER_AGENT.to_owned()),
+            open_timeout: Duration::from_secs(10),
+            config: Config::default(),
+            tls: TlsConfig::default(),
+            proxy: None,
+            max_redirects: 10,
+            head_limits: HeadLimits::default(),
+        }
+    }
+
+    /// The URL connected to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Replaces the URL.
+    pub fn set_url(mut self, url: impl Into<String>) -> Self {
+        self.url = url.into();
+        self
+    }
+
+    /// Adds a request header, sent on every attempt.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Offers a subprotocol (call again to offer several, in preference order).
+    pub fn subprotocol(mut self, name: impl Into<String>) -> Self {
+        self.subprotocols.push(name.into());
+        self
+    }
+
+    /// Sets the `Origin` header. Default: none.
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    /// Sets the `User-Agent` header; `None` sends none. Default: `tether/VERSION`.
+    pub fn user_agent(mut self, agent: Option<String>) -> Self {
+        self.user_agent = agent;
+        self
+    }
+
+    /// Limit for TCP connect, proxy, TLS and upgrade of one attempt together. Default: 10 s.
+    pub fn open_timeout(mut self, timeout: Duration) -> Self {
+        self.open_timeout = timeout;
+        self
+    }
+
+    /// Connection settings: limits, keepalive, close timeout, buffers.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Which certificates `wss://` trusts.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Tunnel through an HTTP proxy with CONNECT, e.g. `http://user:pass@proxy:3128`.
+    pub fn proxy(mut self, proxy: impl Into<String>) -> Self {
+        self.proxy = Some(proxy.into());
+        self
+    }
+
+    /// Use the proxy named by `HTTPS_PROXY` (for `wss://`) or `HTTP_PROXY` (for `ws://`), or
+    /// their lower-case forms, unless `NO_PROXY` names the host.
+    pub fn proxy_from_env(mut self) -> Self {
+        if let Ok(target) = Target::parse(&self.url) {
+            self.proxy = proxy_from_env(&target);
+        }
+        self
+    }
+
+    /// Most redirects (301, 302, 303, 307, 308) followed; 0 follows none. Default: 10.
+    pub fn max_redirects(mut self, max: usize) -> Self {
+        self.max_redirects = max;
+        self
+    }
+
+    /// Opens one connection, following redirects. Nothing is retried.
+    pub async fn connect(&self) -> Result<WebSocket> {
+        self.connect_to(&self.url, &self.headers).await
+    }
+
+    /// Opens one connection to `url` with `headers` (used by the reconnect loop, whose
+    /// per-attempt hook may change both).
+    pub(crate) async fn connect_to(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+    ) -> Result<WebSocket> {
+        let mut target = Target::parse(url)?;
+        let mut headers = headers.to_vec();
+        let mut visited = vec![target.url.to_string()];
+        let mut hops = 0;
+        loop {
+            match self.connect_once(&target, &headers).await {
+                Err(Error::Status(response)) if is_redirect(response.status) => {
+                    if hops == self.max_redirects {
+                        return Err(Error::Redirect(RedirectError::TooMany {
+                            max: self.max_redirects,
+                        }));
+                    }
+                    hops += 1;
+                    let next = redirect_target(&target, &response)?;
+                    if visited.contains(&next.url.to_string()) {
+                        return Err(Error::Redirect(RedirectError::Loop(next.url.to_string())));
+                    }
+                    visited.push(next.url.to_string());
+                    tracing::debug!(from = %target.url, to = %next.url, status = response.status, "following redirect");
+                    target = next;
+                    if !target.same_origin_as_first(&visited) {
+                        // Credentials are for the origin they were given to.
+                        headers.retain(|(n, _)| {
+                            !n.eq_ignore_ascii_case("authorization")
+                                && !n.eq_ignore_ascii_case("cookie")
+                        });
+                        target.basic_auth = None;
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn connect_once(
+        &self,
+        target: &Target,
+        headers: &[(String, String)],
+    ) -> Result<WebSocket> {
+        let deadline = Instant::now() + self.open_timeout;
+        let tcp = match &self.proxy {
+            None => timeout_at(
+                deadline,
+                TcpStream::connect((target.host.as_str(), target.port)),
+            )
+            .await
+            .map_err(|_| Error::Timeout(Phase::Connect))??,
+            Some(proxy) => connect_via_proxy(proxy, target, deadline).await?,
+        };
+        // Small frames must not wait for Nagle's algorithm.
+        tcp.set_nodelay(true)?;
+        let io = if target.secure {
+            let config = self.tls.client_config().map_err(Error::Tls)?;
+            let name = server_name(&target.host).map_err(Error::Tls)?;
+            let connector = tokio_rustls::TlsConnector::from(config);
+            let tls = timeout_at(deadline, connector.connect(name, tcp))
+                .await
+                .map_err(|_| Error::Timeout(Phase::Tls))?
+                .map_err(Error::Tls)?;
+            MaybeTlsStream::ClientTls(Box::new(tls))
+        } else {
+            MaybeTlsStream::Plain(tcp)
+        };
+        let request = ClientRequest {
+            host: target.host_header.clone(),
+            resource: target.resource.clone(),
+            origin: self.origin.clone(),
+            user_agent: self.user_agent.clone(),
+            subprotocols: self.subprotocols.clone(),
+            extensions: None,
+            basic_auth: target.basic_auth.clone(),
+            headers: headers.to_vec(),
+        };
+        let handshake = ClientHandshake::try_new(
+            &request,
+            handshake::generate_key(),
+            self.head_limits.clone(),
+        )
+        .map_err(|e| Error::InvalidUri(e.reason))?;
+        client_handshake(io, handshake, &self.config, deadline).await
+    }
+}
+
+/// Runs the upgrade on an open transport: writes the request, reads the answer.
+async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    mut handshake: ClientHandshake,
+    config: &Config,
+    deadline: Instant,
+) -> Result<WebSocket<S>> {
+    timeout_at(deadline, io.write_all(handshake.request_bytes()))
+        .await
+        .map_err(|_| Error::Timeout(Phase::Handshake))??;
+    timeout_at(deadline, io.flush())
+        .await
+        .map_err(|_| Error::Timeout(Phase::Handshake))??;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = match timeout_at(deadline, io.read(&mut buf)).await {
+            Err(_) => {
+                return Err(match handshake.take_partial_response() {
+                    Some(r) => Error::Status(Box::new(r)),
+                    None => Error::Timeout(Phase::Handshake),
+                })
+            }
+            Ok(Err(e)) => return Err(Error::Io(e)),
+            Ok(Ok(0)) => return Err(handshake.receive_eof().into()),
+            Ok(Ok(n)) => n,
+        };
+        let Some(accepted) = handshake.receive(&buf[..n])? else {
+            continue;
+        };
+        let leftover = buf.get(accepted.consumed..n).unwrap_or(&[]);
+        let ws = WebSocket::from_raw(io, Role::Client, config, leftover)
+            .with_negotiated(accepted.subprotocol, accepted.extensions)
+            .with_response(accepted.response);
+        return Ok(ws);
+    }
+}
+
+fn is_redirect(status: u16) -> bool {
+    matches!(status, 301 | 302 | 303 | 307 | 308)
+}
+
+fn redirect_target(from: &Target, response: &Response) -> Result<Target> {
+    let location = response
+        .headers
+        .get_str("location")
+        .ok_or(Error::Redirect(RedirectError::MissingLocation))?;
+    let mut next = from
+        .url
+        .join(location.trim())
+        .map_err(|_| Error::Redirect(RedirectError::Forbidden(location.to_owned())))?;
+    // Servers often redirect with http(s) URLs; map them to their WebSocket schemes.
+    let scheme = match next.scheme() {
+        "http" => "ws",
+        "https" => "wss",
+        s => s,
+    }
+    .to_owned();
+    if next.set_scheme(&scheme).is_err() || !matches!(scheme.as_str(), "ws" | "wss") {
+        return Err(Error::Redirect(RedirectError::Forbidden(next.to_string())));
+    }
+    if from.secure && scheme == "ws" {
+        return Err(Error::Redirect(RedirectError::Forbidden(next.to_string())));
+    }
+    Target::parse(next.as_str())
+}
+
+/// A parsed `ws://` or `wss://` URL.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    pub(crate) url: Url,
+    pub(crate) secure: bool,
+    /// Host to connect to (IPv6 without brackets).
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    /// The Host header: host, plus the port when it is not the scheme's default.
+    pub(crate) host_header: String,
+    pub(crate) resource: String,
+    pub(crate) basic_auth: Option<(String, String)>,
+}
+
+impl Target {
+    pub(crate) fn parse(s: &str) -> Result<Self> {
+        let url = Url::parse(s).map_err(|e| Error::InvalidUri(format!("{s}: {e}")))?;
+        let secure = match url.scheme() {
+            "ws" => false,
+            "wss" => true,
+            other => {
+                return Err(Error::InvalidUri(format!(
+                    "{s}: scheme {other} is not ws or wss"
+                )))
+            }
+        };
+        if url.fragment().is_some() {
+            return Err(Error::InvalidUri(format!(
+                "{s}: WebSocket URLs may not have a fragment"
+            )));
+        }
+        let host_str = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| Error::InvalidUri(format!("{s}: no host")))?;
+        let port = url
+            .port_or_known_default()
+            .unwrap_or(if secure { 443 } else { 80 });
+        let host_header = match url.port() {
+            Some(p) => format!("{host_str}:{p}"),
+            None => host_str.to_owned(),
+        };
+        let host = host_str
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let mut resource = url.path().to_owned();
+        if resource.is_empty() {
+            resource.push('/');
+        }
+        if let Some(q) = url.query() {
+            resource.push('?');
+            resource.push_str(q);
+        }
+        let basic_auth = if url.username().is_empty() && url.password().is_none() {
+            None
+        } else {
+            Some((
+                percent_decode(url.username()),
+                percent_decode(url.password().unwrap_or("")),
+            ))
+        };
+        Ok(Self {
+            url,
+            secure,
+            host,
+            port,
+            host_header,
+            resource,
+            basic_auth,
+        })
+    }
+
+    fn origin(&self) -> (bool, &str, u16) {
+        (self.secure, self.host.as_str(), self.port)
+    }
+
+    fn same_origin_as_first(&self, visited: &[String]) -> bool {
+        visited
+            .first()
+            .and_then(|u| Self::parse(u).ok())
+            .is_some_and(|first| first.origin() == self.origin())
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                // Both digits were checked just above.
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn proxy_from_env(target: &Target) -> Option<String> {
+    let get = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .or_else(|| std::env::var(k.to_lowercase()).ok())
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(no) = get("NO_PROXY") {
+        let host = target.host.to_ascii_lowercase();
+        let bypass = no.split(',').map(str::trim).any(|p| {
+            let p = p.trim_start_matches('.').to_ascii_lowercase();
+            p == "*" || (!p.is_empty() && (host == p || host.ends_with(&format!(".{p}"))))
+        });
+        if bypass {
+            return None;
+        }
+    }
+    get(if target.secure {
+        "HTTPS_PROXY"
+    } else {
+        "HTTP_PROXY"
+    })
+}
+
+/// Opens a TCP tunnel to `target` through an HTTP proxy with CONNECT.
+async fn connect_via_proxy(proxy: &str, target: &Target, deadline: Instant) -> Result<TcpStream> {
+    let url = Url::parse(proxy).map_err(|e| Error::Proxy(format!("invalid proxy URL: {e}")))?;
+    if url.scheme() != "http" {
+        return Err(Error::Proxy(format!(
+            "proxy scheme {} is not supported (http only)",
+            url.scheme()
+        )));
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| Error::Proxy("proxy URL has no host".into()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = url.port_or_known_default().unwrap_or(8080);
+    let mut tcp = timeout_at(deadline, TcpStream::connect((host.as_str(), port)))
+        .await
+        .map_err(|_| Error::Timeout(Phase::Proxy))?
+        .map_err(|e| Error::Proxy(format!("cannot reach proxy {host}:{port}: {e}")))?;
+    let authority = if target.host.contains(':') {
+        format!("[{}]:{}", target.host, target.port)
+    } else {
+        format!("{}:{}", target.host, target.port)
+    };
+    let mut req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+    if !url.username().is_empty() {
+        let creds = format!(
+            "{}:{}",
+            percent_decode(url.username()),
+            percent_decode(url.password().unwrap_or(""))
+        );
+        let b64 = base64::engine::general_purpose::STANDARD.encode(creds);
+        req.push_str(&format!("Proxy-Authorization: Basic {b64}\r\n"));
+    }
+    req.push_str("\r\n");
+    timeout_at(deadline, tcp.write_all(req.as_bytes()))
+        .await
+        .map_err(|_| Error::Timeout(Phase::Proxy))??;
+    // Read the answer's head byte by byte: nothing after it may be consumed, it belongs to the
+    // tunnel. The head is short, and this happens once per connection.
+    let mut head = Vec::with_capacity(256);
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 << 10 {
+            return Err(Error::Proxy("proxy response head too long".into()));
+        }
+        let b = timeout_at(deadline, tcp.read_u8())
+            .await
+            .map_err(|_| Error::Timeout(Phase::Proxy))?
+            .map_err(|e| Error::Proxy(format!("proxy closed the connection: {e}")))?;
+        head.push(b);
+    }
+    let line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let line = String::from_utf8_lossy(line);
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| Error::Proxy(format!("invalid proxy response: {}", line.trim())))?;
+    if !(200..300).contains(&status) {
+        return Err(Error::Proxy(format!(
+            "proxy refused CONNECT: {}",
+            line.trim()
+        )));
+    }
+    Ok(tcp)
+}

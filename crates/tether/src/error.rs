@@ -1,0 +1,234 @@
+//! The error type of the tokio driver.
+
+use std::fmt;
+use std::io;
+
+pub use tether_proto::handshake::Response;
+use tether_proto::ProtocolError;
+
+/// A shorthand for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which step of opening a connection ran out of time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// DNS resolution and the TCP connection.
+    Connect,
+    /// The HTTP CONNECT exchange with a proxy.
+    Proxy,
+    /// The TLS handshake.
+    Tls,
+    /// The WebSocket upgrade request and response.
+    Handshake,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "TCP connect",
+            Self::Proxy => "proxy CONNECT",
+            Self::Tls => "TLS handshake",
+            Self::Handshake => "WebSocket handshake",
+        })
+    }
+}
+
+/// Why redirects were not followed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RedirectError {
+    /// More hops than the configured maximum.
+    TooMany {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A redirect back to a URL already visited.
+    Loop(String),
+    /// A redirect from `wss://` to `ws://`, or to a scheme that is not a WebSocket one.
+    Forbidden(String),
+    /// A 3xx answer without a usable Location header.
+    MissingLocation,
+}
+
+impl fmt::Display for RedirectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooMany { max } => write!(f, "more than {max} redirects"),
+            Self::Loop(url) => write!(f, "redirect loop at {url}"),
+            Self::Forbidden(url) => write!(f, "redirect to {url} is not allowed"),
+            Self::MissingLocation => f.write_str("redirect without a Location header"),
+        }
+    }
+}
+
+/// Everything that can go wrong opening or using a WebSocket connection.
+///
+/// Errors keep what a retry decision needs: the I/O error kind, the phase that timed out, the
+/// whole HTTP response of a rejected handshake, and their [`source`](std::error::Error::source)
+/// chain. [`Error::is_certificate_error`] tells an untrusted server certificate apart from
+/// other TLS failures.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error: connection refused or reset, DNS failure, …
+    Io(io::Error),
+    /// A phase of opening the connection exceeded the open timeout.
+    Timeout(Phase),
+    /// The server closed the connection before its handshake response was complete.
+    Eof,
+    /// The server answered the upgrade with a status other than 101. The whole response is
+    /// kept: status, headers (such as `WWW-Authenticate` or `Retry-After`) and a body prefix.
+    Status(Box<Response>),
+    /// The answer was not valid HTTP or not a valid WebSocket acceptance.
+    InvalidResponse {
+        /// What was wrong, for humans.
+        reason: String,
+        /// The response, when its head could be parsed.
+        response: Option<Box<Response>>,
+    },
+    /// Redirects could not be followed.
+    Redirect(RedirectError),
+    /// The TLS handshake failed.
+    Tls(io::Error),
+    /// The proxy refused or failed the CONNECT request.
+    Proxy(String),
+    /// The peer violated the protocol, a limit was exceeded, or the keepalive timed out.
+    Protocol(ProtocolError),
+    /// The URL is not a usable `ws://` or `wss://` URL.
+    InvalidUri(String),
+    /// The connection is closed (or closing) and cannot send.
+    ConnectionClosed,
+    /// The reconnect policy gave up after this many failed attempts in a row.
+    AttemptsExhausted {
+        /// Failed attempts in a row.
+        attempts: u32,
+        /// The last attempt's error.
+        last: Box<Self>,
+    },
+    /// An error raised by user code (for example a reconnect hook).
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    /// The HTTP response of a rejected handshake, if this error carries one.
+    pub fn response(&self) -> Option<&Response> {
+        match self {
+            Self::Status(r) => Some(r),
+            Self::InvalidResponse { response, .. } => response.as_deref(),
+            Self::AttemptsExhausted { last, .. } => last.response(),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status of a rejected handshake.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status(r) => Some(r.status),
+            Self::AttemptsExhausted { last, .. } => last.status(),
+            _ => None,
+        }
+    }
+
+    /// True if TLS failed because the server's certificate is invalid or not trusted.
+    pub fn is_certificate_error(&self) -> bool {
+        let Self::Tls(e) = self else { return false };
+        matches!(
+            e.get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+            Some(rustls::Error::InvalidCertificate(_))
+                | Some(rustls::Error::NoCertificatesPresented)
+                | Some(rustls::Error::InvalidCertRevocationList(_))
+        )
+    }
+
+    /// A short machine-readable kind: `io`, `timeout`, `eof`, `status`, `invalid_response`,
+    /// `redirect`, `tls`, `proxy`, `protocol`, `invalid_uri`, `closed` or `other`.
+    pub fn kind_str(&self) -> &'static str {
+        match self {
+            Self::Io(_) => "io",
+            Self::Timeout(_) => "timeout",
+            Self::Eof => "eof",
+            Self::Status(_) => "status",
+            Self::InvalidResponse { .. } => "invalid_response",
+            Self::Redirect(_) => "redirect",
+            Self::Tls(_) => "tls",
+            Self::Proxy(_) => "proxy",
+            Self::Protocol(_) => "protocol",
+            Self::InvalidUri(_) => "invalid_uri",
+            Self::ConnectionClosed => "closed",
+            Self::AttemptsExhausted { last, .. } => last.kind_str(),
+            Self::Other(_) => "other",
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "I/O error: {e}"),
+            Self::Timeout(phase) => write!(f, "timed out during {phase}"),
+            Self::Eof => f.write_str("connection closed during the opening handshake"),
+            Self::Status(r) => {
+                write!(f, "server rejected WebSocket connection: HTTP {}", r.status)?;
+                if !r.reason.is_empty() {
+                    write!(f, " {}", r.reason)?;
+                }
+                Ok(())
+            }
+            Self::InvalidResponse { reason, .. } => {
+                write!(f, "invalid handshake response: {reason}")
+            }
+            Self::Redirect(e) => write!(f, "redirect failed: {e}"),
+            Self::Tls(e) => write!(f, "TLS error: {e}"),
+            Self::Proxy(e) => write!(f, "proxy error: {e}"),
+            Self::Protocol(e) => write!(f, "protocol error: {e}"),
+            Self::InvalidUri(e) => write!(f, "invalid URI: {e}"),
+            Self::ConnectionClosed => f.write_str("the connection is closed"),
+            Self::AttemptsExhausted { attempts, last } => {
+                write!(f, "gave up after {attempts} failed attempts: {last}")
+            }
+            Self::Other(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io(e) | Self::Tls(e) => Some(e),
+            Self::Protocol(e) => Some(e),
+            Self::AttemptsExhausted { last, .. } => Some(last.as_ref()),
+            Self::Other(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<ProtocolError> for Error {
+    fn from(e: ProtocolError) -> Self {
+        Self::Protocol(e)
+    }
+}
+
+impl From<tether_proto::handshake::HandshakeError> for Error {
+    fn from(e: tether_proto::handshake::HandshakeError) -> Self {
+        use tether_proto::handshake::HandshakeError as H;
+        match e {
+            H::Status(r) => Self::Status(Box::new(r)),
+            H::InvalidResponse { reason, response } => Self::InvalidResponse { reason, response },
+            H::Eof => Self::Eof,
+            #[allow(unreachable_patterns)]
+            other => Self::InvalidResponse {
+                reason: other.to_string(),
+                response: None,
+            },
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! Accepting connections: the upgrade, hooks, authentication and graceful shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use tether_proto::handshake::{self, HeadLimits, Headers, Request, ServerHandshake};
+use tether_proto::Role;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::{timeout_at, Instant};
+
+use crate::config::Config;
+use crate::error::{Error, Phase, Result};
+use crate::stream::MaybeTlsStream;
+use crate::websocket::{CloseSignal, WebSocket};
+
+/// An HTTP request as a [`ServerConfig::process_request`] hook sees it: every request that
+/// parsed as HTTP, upgrade or not.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpRequest<'a> {
+    /// The method, e.g. `GET`.
+    pub method: &'a str,
+    /// The request target, e.g. `/chat?room=1`.
+    pub path: &'a str,
+    /// The request headers.
+    pub headers: &'a Headers,
+}
+
+impl HttpRequest<'_> {
+    /// The first header called `name` (case-insensitive), as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get_str(name)
+    }
+}
+
+/// An HTTP response sent instead of upgrading.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// The status code, e.g. 401.
+    pub status: u16,
+    /// Headers; `Content-Length` and `Connection: close` are added.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// A response with a plain-text body.
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            headers: vec![("Content-Type".into(), "text/plain; charset=utf-8".into())],
+            body: body.into().into_bytes(),
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        handshake::http_response(self.status, &self.headers, &self.body)
+    }
+}
+
+type ProcessRequest = dyn Fn(&HttpRequest<'_>) -> Option<HttpResponse> + Send + Sync;
+
+/// Settings of a server, with documented defaults.
+#[derive(Clone)]
+pub struct ServerConfig {
+    config: Config,
+    open_timeout: Duration,
+    subprotocols: Vec<String>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    process_request: Vec<Arc<ProcessRequest>>,
+    head_limits: HeadLimits,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("config", &self.config)
+            .field("open_timeout", &self.open_timeout)
+            .field("subprotocols", &self.subprotocols)
+            .field("tls", &self.tls.is_some())
+            .field("hooks", &self.process_request.len())
+            .finish()
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            config: Config::default(),
+            open_timeout: Duration::from_secs(10),
+            subprotocols: Vec::new(),
+            tls: None,
+            process_request: Vec::new(),
+            head_limits: HeadLimits::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Connection settings: limits, keepalive, close timeout, buffers.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// A client that has not completed TLS and the upgrade within this time is dropped.
+    /// Default: 10 s.
+    pub fn open_timeout(mut self, timeout: Duration) -> Self {
+        self.open_timeout = timeout;
+        self
+    }
+
+    /// Subprotocols this server speaks, in preference order; the first one the client offers
+    /// is selected. Default: none.
+    pub fn subprotocol(mut self, name: impl Into<String>) -> Self {
+        self.subprotocols.push(name.into());
+        self
+    }
+
+    /// Serve TLS (`wss://`) with this rustls configuration (see
+    /// [`tls::server_config_from_pem`](crate::tls::server_config_from_pem)).
+    pub fn tls(mut self, tls: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Adds a hook that sees every HTTP request before the upgrade and may answer it with any
+    /// response instead (authentication, health checks, routing). Hooks run in the order they
+    /// were added; the first `Some` answers. Requests no hook answers are upgraded if valid,
+    /// or refused with 400, 405, 426 or 431.
+    pub fn process_request<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&HttpRequest<'_>) -> Option<HttpResponse> + Send + Sync + 'static,
+    {
+        self.process_request.push(Arc::new(hook));
+        self
+    }
+
+    /// Requires HTTP Basic credentials that `check(user, password)` accepts; other requests
+    /// get 401 with `WWW-Authenticate: Basic realm="REALM"`. See [`credentials_match`] for a
+    /// constant-time comparison to use in `check`.
+    pub fn basic_auth<F>(self, realm: &str, check: F) -> Self
+    where
+        F: Fn(&str, &str) -> bool + Send + Sync + 'static,
+    {
+        let challenge = format!(
+            "Basic realm=\"{}\", charset=\"UTF-8\"",
+            realm.replace('"', "")
+        );
+        self.process_request(move |req| {
+            let ok = req
+                .header("authorization")
+                .and_then(parse_basic)
+                .is_some_and(|(user, pass)| check(&user, &pass));
+            if ok {
+                None
+            } else {
+                Some(
+                    HttpResponse::text(401, "authentication required\n")
+                        .header("WWW-Authenticate", challenge.clone()),
+                )
+            }
+        })
+    }
+
+    /// Requires the one user and password given, compared in constant time.
+    pub fn basic_auth_user(self, realm: &str, user: &str, password: &str) -> Self {
+        let (user, password) = (user.to_owned(), password.to_owned());
+        self.basic_auth(realm, move |u, p| credentials_match(u, p, &user, &password))
+    }
+}
+
+fn parse_basic(value: &str) -> Option<(String, String)> {
+    let (scheme, b64) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_owned(), p.to_owned()))
+}
+
+/// Compares credentials in time that does not depend on where they differ.
+pub fn credentials_match(user: &str, password: &str, want_user: &str, want_password: &str) -> bool {
+    // Evaluate both comparisons whatever the first gives.
+    let a = ct_eq(user.as_bytes(), want_user.as_bytes());
+    let b = ct_eq(password.as_bytes(), want_password.as_bytes());
+    a & b
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u64;
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= u64::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// Performs the server side of the opening handshake on an accepted transport (TLS, if any,
+/// already done). Returns the open connection and the request, or `Ok(None)` when the request
+/// was answered with an HTTP response instead (a hook's, or 400/405/426/431).
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    config: &ServerConfig,
+) -> Result<Option<(WebSocket<S>, Request)>> {
+    let deadline = Instant::now() + config.open_timeout;
+    accept_until(io, config, deadline, None).await
+}
+
+async fn accept_until<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    config: &ServerConfig,
+    deadline: Instant,
+    shutdown: Option<&ShutdownState>,
+) -> Result<Option<(WebSocket<S>, Request)>> {
+    let mut parser = ServerHandshake::new(config.head_limits.clone());
+    let mut buf = vec![0u8; 4096];
+    let (request, leftover) = loop {
+        let read = async {
+            match shutdown {
+                Some(s) => tokio::select! {
+                    r = io.read(&mut buf) => Some(r),
+                    _ = s.wait() => None,
+                },
+                None => Some(io.read(&mut buf).await),
+            }
+        };
+        let n = match timeout_at(deadline, read).await {
+            Err(_) => return Err(Error::Timeout(Phase::Handshake)),
+            Ok(None) => {
+                reply(&mut io, &unavailable()).await;
+                return Ok(None);
+            }
+            Ok(Some(r)) => r?,
+        };
+        if n == 0 {
+            return Err(Error::Eof);
+        }
+        match parser.receive(&buf[..n]) {
+            Ok(None) => continue,
+            Ok(Some(request)) => {
+                let leftover = buf[request.consumed..n].to_vec();
+                break (request, leftover);
+            }
+            Err(e) => {
+                let answered = e.head().and_then(|head| {
+                    let view = HttpRequest {
+                        method: &head.method,
+                        path: &head.path,
+                        headers: &head.headers,
+                    };
+                    run_hooks(config, &view)
+                });
+                let bytes = answered.map_or_else(|| e.response_bytes(), |r| r.to_bytes());
+                reply(&mut io, &bytes).await;
+                return Ok(None);
+            }
+        }
+    };
+    if shutdown.is_some_and(ShutdownState::is_set) {
+        reply(&mut io, &unavailable()).await;
+        return Ok(None);
+    }
+    let view = HttpRequest {
+        method: &request.method,
+        path: &request.path,
+        headers: &request.headers,
+    };
+    if let Some(response) = run_hooks(config, &view) {
+        reply(&mut io, &response.to_bytes()).await;
+        return Ok(None);
+    }
+    let subprotocol = config
+        .subprotocols
+        .iter()
+        .find(|p| request.subprotocols.iter().any(|o| o == *p))
+        .cloned();
+    let response = handshake::accept_response(&request, subprotocol.as_deref(), None, &[]);
+    timeout_at(deadline, io.write_all(&response))
+        .await
+        .map_err(|_| Error::Timeout(Phase::Handshake))??;
+    let ws = WebSocket::from_raw(io, Role::Server, &config.config, &leftover)
+        .with_negotiated(subprotocol, None);
+    Ok(Some((ws, request)))
+}
+
+fn run_hooks(config: &ServerConfig, request: &HttpRequest<'_>) -> Option<HttpResponse> {
+    config.process_request.iter().find_map(|hook| hook(request))
+}
+
+fn unavailable() -> Vec<u8> {
+    HttpResponse::text(503, "server shutting down\n")
+        .header("Retry-After", "1")
+        .to_bytes()
+}
+
+/// Writes an HTTP answer and closes; the client may be gone already, so errors are ignored.
+async fn reply<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) {
+    let write = async {
+        io.write_all(bytes).await?;
+        io.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
+}
+
+/// The shutdown flag shared by a server, its accept tasks and its connections.
+#[derive(Debug, Default)]
+pub(crate) struct ShutdownState {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl ShutdownState {
+    fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    async fn wait(&self) {
+        let notified = self.notify.notified();
+        if self.is_set() {
+            return;
+        }
+        notified.await;
+    }
+
+    fn trigger(&self) {
+        self.set.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+}
+
+/// Starts a server's graceful shutdown from anywhere (for example a Ctrl-C handler).
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    state: Arc<ShutdownState>,
+    signals: Arc<std::sync::Mutex<Vec<std::sync::Weak<CloseSignal>>>>,
+}
+
+impl ShutdownHandle {
+    /// Stops accepting, answers handshakes in progress with 503, and closes every open
+    /// connection with 1001 (going away). [`Server::serve`] returns once all connections
+    /// ended (or after their close timeout).
+    pub fn shutdown(&self) {
+        self.state.trigger();
+        let signals = self.signals.lock().unwrap_or_else(|e| e.into_inner());
+        for s in signals.iter().filter_map(std::sync::Weak::upgrade) {
+            s.request();
+        }
+    }
+}
+
+/// A listening WebSocket server.
+///
+/// ```no_run
+/// # async fn run() -> std::io::Result<()> {
+/// let server = tether::Server::bind("127.0.0.1:8765", tether::ServerConfig::default()).await?;
+/// server
+///     .serve(|mut ws, _request| async move {
+///         while let Some(Ok(msg)) = ws.recv().await {
+///             if ws.send(msg).await.is_err() {
+///                 break;
+///             }
+///         }
+///     })
+///     .await
+/// # }
+/// ```
+pub struct Server {
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    handle: ShutdownHandle,
+}
+
+impl Server {
+    /// Binds to `addr`.
+    pub async fn bind(addr: impl ToSocketAddrs, config: ServerConfig) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self::from_listener(listener, config))
+    }
+
+    /// Serves on a listener bound elsewhere.
+    pub fn from_listener(listener: TcpListener, config: ServerConfig) -> Self {
+        Self {
+            listener,
+            config: Arc::new(config),
+            handle: ShutdownHandle {
+                state: Arc::new(ShutdownState::default()),
+                signals: Arc::default(),
+            },
+        }
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle that starts the graceful shutdown.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.handle.clone()
+    }
+
+    /// Accepts connections until shutdown, running `handler` in its own task for each
+    /// upgraded connection. After [`ShutdownHandle::shutdown`], waits for the connections to
+    /// close (each at most its close timeout, plus one second) and returns.
+    pub async fn serve<H, F>(self, handler: H) -> io::Result<()>
+    where
+        H: Fn(WebSocket, Request) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let mut tasks = JoinSet::new();
+        let state = self.handle.state.clone();
+        loop {
+            let accepted = tokio::select! {
+                r = self.listener.accept() => r,
+                _ = state.wait() => break,
+            };
+            // Reap finished connection tasks so the set does not grow.
+            while tasks.try_join_next().is_some() {}
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let config = self.config.clone();
+            let handler = handler.clone();
+            let handle = self.handle.clone();
+            tasks.spawn(async move {
+                match open(tcp, &config, &handle).await {
+                    Ok(Some((ws, request))) => handler(ws, request).await,
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(%peer, error = %e, "handshake failed"),
+                }
+            });
+        }
+        // Graceful shutdown: close what is open, then wait for it.
+        self.handle.shutdown();
+        drop(self.listener);
+        let grace =
+            self.config.config.close_timeout + self.config.open_timeout.min(Duration::from_secs(1));
+        let deadline = Instant::now() + grace + Duration::from_secs(1);
+        while !tasks.is_empty() {
+            if timeout_at(deadline, tasks.join_next()).await.is_err() {
+                tasks.abort_all();
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Accepts one TCP connection: TLS if configured, then the upgrade.
+async fn open(
+    tcp: TcpStream,
+    config: &ServerConfig,
+    handle: &ShutdownHandle,
+) -> Result<Option<(WebSocket, Request)>> {
+    let deadline = Instant::now() + config.open_timeout;
+    tcp.set_nodelay(true)?;
+    let io = match &config.tls {
+        None => MaybeTlsStream::Plain(tcp),
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+            let stream = timeout_at(deadline, acceptor.accept(tcp))
+                .await
+                .map_err(|_| Error::Timeout(Phase::Tls))?
+                .map_err(Error::Tls)?;
+            MaybeTlsStream::ServerTls(Box::new(stream))
+        }
+    };
+    let Some((mut ws, request)) = accept_until(io, config, deadline, Some(&handle.state)).await?
+    else {
+        return Ok(None);
+    };
+    let signal = Arc::new(CloseSignal::default());
+    {
+        let mut signals = handle.signals.lock().unwrap_or_else(|e| e.into_inner());
+        signals.retain(|w| w.strong_count() > 0);
+        signals.push(Arc::downgrade(&signal));
+    }
+    if handle.state.is_set() {
+        signal.request();
+    }
+    ws.set_close_signal(signal);
+    Ok(Some((ws, request)))
+}
+
+/// Binds to `addr` with default settings and serves `handler` until the process ends.
+pub async fn serve<H, F>(addr: impl ToSocketAddrs, handler: H) -> io::Result<()>
+where
+    H: Fn(WebSocket, Request) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    Server::bind(addr, ServerConfig::default())
+        .await?
+        .serve(handler)
+        .await
+}

@@ -1,0 +1,686 @@
+//! An open WebSocket connection driven by tokio.
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
+
+use futures_core::Stream;
+use futures_sink::Sink;
+use tether_proto::{close_code, CloseFrame, Connection, Event, Role, State};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+use crate::config::Config;
+use crate::error::{Error, Response, Result};
+use crate::stream::MaybeTlsStream;
+
+/// A complete message received or to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// A UTF-8 text message.
+    Text(String),
+    /// A binary message.
+    Binary(Vec<u8>),
+}
+
+impl Message {
+    /// A text message.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self::Text(text.into())
+    }
+
+    /// A binary message.
+    pub fn binary(data: impl Into<Vec<u8>>) -> Self {
+        Self::Binary(data.into())
+    }
+
+    /// The text, if this is a text message.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Self::Text(t) => Some(t),
+            Self::Binary(_) => None,
+        }
+    }
+
+    /// The payload bytes, whatever the kind.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Text(t) => t.as_bytes(),
+            Self::Binary(b) => b,
+        }
+    }
+
+    /// The payload, whatever the kind.
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Self::Text(t) => t.into_bytes(),
+            Self::Binary(b) => b,
+        }
+    }
+
+    /// Payload length in bytes.
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    /// True for an empty payload.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<String> for Message {
+    fn from(t: String) -> Self {
+        Self::Text(t)
+    }
+}
+
+impl From<&str> for Message {
+    fn from(t: &str) -> Self {
+        Self::Text(t.to_owned())
+    }
+}
+
+impl From<Vec<u8>> for Message {
+    fn from(b: Vec<u8>) -> Self {
+        Self::Binary(b)
+    }
+}
+
+impl From<&[u8]> for Message {
+    fn from(b: &[u8]) -> Self {
+        Self::Binary(b.to_vec())
+    }
+}
+
+/// How many reads one poll may make before it yields to other tasks.
+const MAX_READS_PER_POLL: usize = 16;
+/// Size of the per-thread read buffer. Connections hold no read buffer of their own: bytes
+/// are read here and the protocol core keeps only what belongs to unfinished frames.
+const SCRATCH_SIZE: usize = 64 << 10;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// A request to close a connection from outside it (a server's graceful shutdown).
+#[derive(Debug, Default)]
+pub(crate) struct CloseSignal {
+    requested: std::sync::atomic::AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl CloseSignal {
+    /// Asks the connection to close with 1001 (going away).
+    pub(crate) fn request(&self) {
+        self.requested
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn is_requested(&self) -> bool {
+        self.requested.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Everything a connection owns; shared by the two halves after [`WebSocket::split`].
+struct Inner<S> {
+    io: S,
+    proto: Connection,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: Option<std::time::Instant>,
+    eof: bool,
+    done: bool,
+    split: bool,
+    write_waiter: Option<Waker>,
+    high_water: usize,
+    low_water: usize,
+    ping_counter: u64,
+    close_signal: Option<Arc<CloseSignal>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
+    /// Writes out the transmit buffer. Errors after the closing handshake are not reported:
+    /// the peer may have gone already, and nothing is lost.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = self.write_out(cx);
+        if let Some(w) = self.write_waiter.take() {
+            // Our poll_write replaced the other half's write waker: let it poll again.
+            w.wake();
+        }
+        match result {
+            Poll::Ready(Err(_)) if self.proto.state() == State::Closed => {
+                let n = self.proto.buffered_amount();
+                self.proto.advance_transmit(n);
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+
+    fn write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.proto.buffered_amount() > 0 {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, self.proto.transmit()))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.proto.advance_transmit(n);
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Arms the timer at the core's next deadline and polls it.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(at) = self.proto.poll_timeout() else {
+            return Poll::Pending;
+        };
+        let deadline = tokio::time::Instant::from_std(at);
+        match &mut self.timer {
+            Some(t) if self.armed == Some(at) => t.as_mut().poll(cx),
+            Some(t) => {
+                t.as_mut().reset(deadline);
+                self.armed = Some(at);
+                t.as_mut().poll(cx)
+            }
+            None => {
+                let t = self
+                    .timer
+                    .insert(Box::pin(tokio::time::sleep_until(deadline)));
+                self.armed = Some(at);
+                t.as_mut().poll(cx)
+            }
+        }
+    }
+
+    /// Makes progress on the connection without taking events: runs due timers, writes what
+    /// is queued, closes the transport when the core asks, and reads once. Ready(Ok) means
+    /// something may have changed; Pending means a waker is registered.
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(signal) = &self.close_signal {
+            if signal.is_requested() && self.proto.state() == State::Open {
+                let _ = self
+                    .proto
+                    .close(close_code::GOING_AWAY, "server shutting down", now());
+                return Poll::Ready(Ok(()));
+            }
+            signal.waker.register(cx.waker());
+        }
+        if self.proto.poll_timeout().is_some_and(|at| at <= now()) {
+            self.proto.handle_timeout(now());
+            return Poll::Ready(Ok(()));
+        }
+        let write = self.poll_write_out(cx);
+        if let Poll::Ready(Err(e)) = write {
+            self.done = true;
+            return Poll::Ready(Err(Error::Io(e)));
+        }
+        if self.proto.wants_close_transport() && self.proto.buffered_amount() == 0 {
+            // Best effort: the peer may already be gone.
+            let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+            self.done = true;
+            return Poll::Ready(Ok(()));
+        }
+        if !self.eof {
+            match self.poll_read_once(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => {
+                    self.eof = true;
+                    self.proto.receive_eof(now());
+                    if self.proto.peer_close().is_none() {
+                        return Poll::Ready(Err(Error::Io(e)));
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending => {}
+            }
+        }
+        match self.poll_timer(cx) {
+            Poll::Ready(()) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_read_once(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        SCRATCH.with(|cell| {
+            let mut fallback;
+            let mut guard = cell.try_borrow_mut();
+            let buf: &mut Vec<u8> = match &mut guard {
+                Ok(b) => b,
+                Err(_) => {
+                    // Re-entered from inside another connection's read: use a buffer of our own.
+                    fallback = Vec::new();
+                    &mut fallback
+                }
+            };
+            if buf.len() < SCRATCH_SIZE {
+                buf.resize(SCRATCH_SIZE, 0);
+            }
+            let mut rb = ReadBuf::new(buf);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            if n == 0 {
+                self.eof = true;
+                self.proto.receive_eof(now());
+            } else {
+                self.proto.receive(rb.filled(), now());
+            }
+            Poll::Ready(Ok(()))
+        })
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message>>> {
+        for _ in 0..MAX_READS_PER_POLL {
+            while let Some(ev) = self.proto.poll_event() {
+                match ev {
+                    Event::Text(t) => return Poll::Ready(Some(Ok(Message::Text(t)))),
+                    Event::Binary(b) => return Poll::Ready(Some(Ok(Message::Binary(b)))),
+                    Event::Error(e) => {
+                        // Send the Close frame now even if the caller stops polling.
+                        let _ = self.poll_write_out(cx);
+                        return Poll::Ready(Some(Err(Error::Protocol(e))));
+                    }
+                    Event::Ping(_) | Event::Pong { .. } | Event::Close(_) => {}
+                }
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            if let Err(e) = ready!(self.poll_drive(cx)) {
+                return Poll::Ready(Some(Err(e)));
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.proto.state() != State::Open {
+            return Poll::Ready(Err(Error::ConnectionClosed));
+        }
+        if self.proto.buffered_amount() > self.high_water {
+            while self.proto.buffered_amount() > self.low_water {
+                if let Err(e) = ready!(self.poll_flush(cx)) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(&mut self, msg: &Message) -> Result<()> {
+        let r = match msg {
+            Message::Text(t) => self.proto.send_text(t),
+            Message::Binary(b) => self.proto.send_binary(b),
+        };
+        r.map_err(|_| Error::ConnectionClosed)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        match self.write_out(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(Error::Io(e))),
+            Poll::Pending => {
+                if self.split {
+                    self.write_waiter = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// True when a send may leave its bytes buffered: more decoded messages wait, so the
+    /// caller is in a receive loop whose next `recv` (or send) will flush them together.
+    fn may_coalesce(&self) -> bool {
+        !self.split
+            && self.proto.buffered_amount() <= self.high_water
+            && self.proto.has_pending_messages()
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        loop {
+            while self.proto.poll_event().is_some() {}
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(self.poll_drive(cx))?;
+        }
+    }
+
+    fn start_close(&mut self, code: u16, reason: &str) -> Result<()> {
+        match self.proto.close(code, reason, now()) {
+            Ok(()) => Ok(()),
+            // Already closing or closed: wait for that to finish.
+            Err(tether_proto::SendError::Closed) => Ok(()),
+            Err(e) => Err(Error::Other(Box::new(e))),
+        }
+    }
+}
+
+/// An open WebSocket connection.
+///
+/// Receive with [`recv`](Self::recv) (or as a [`Stream`]), send with [`send`](Self::send)
+/// (or as a [`Sink`]). Pings from the peer are answered, keepalive pings are sent and their
+/// timeout enforced, and the closing handshake is completed, all while `recv` (or `close`) is
+/// being polled: keep a task receiving, as you would to read messages anyway.
+///
+/// **Write coalescing.** `send` writes to the socket before it returns, except while more
+/// already-received messages wait to be taken by `recv`: then the bytes stay queued and leave
+/// together, in one write, with the reply to the last of them (or at the next `recv` that has
+/// to wait for the network, or [`flush`](Self::flush)). An echo or request/response loop thus
+/// makes one system call per batch instead of one per message.
+pub struct WebSocket<S = MaybeTlsStream> {
+    inner: Inner<S>,
+    subprotocol: Option<String>,
+    extensions: Option<String>,
+    response: Option<Box<Response>>,
+}
+
+impl<S> std::fmt::Debug for WebSocket<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocket")
+            .field("role", &self.inner.proto.role())
+            .field("state", &self.inner.proto.state())
+            .field("subprotocol", &self.subprotocol)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
+    /// Wraps a transport whose opening handshake is already done. `leftover` holds bytes read
+    /// past the handshake (the first frames), if any.
+    pub fn from_raw(io: S, role: Role, config: &Config, leftover: &[u8]) -> Self {
+        let mut proto = Connection::new(role, config.proto_config(), now());
+        if !leftover.is_empty() {
+            proto.receive(leftover, now());
+        }
+        Self {
+            inner: Inner {
+                io,
+                proto,
+                timer: None,
+                armed: None,
+                eof: false,
+                done: false,
+                split: false,
+                write_waiter: None,
+                high_water: config.write_buffer_high,
+                low_water: config.write_buffer_low,
+                ping_counter: 0,
+                close_signal: None,
+            },
+            subprotocol: None,
+            extensions: None,
+            response: None,
+        }
+    }
+
+    pub(crate) fn with_response(mut self, response: Response) -> Self {
+        self.response = Some(Box::new(response));
+        self
+    }
+
+    pub(crate) fn set_close_signal(&mut self, signal: Arc<CloseSignal>) {
+        self.inner.close_signal = Some(signal);
+    }
+
+    /// The server's handshake response (status 101 and its headers), for client connections.
+    pub fn response(&self) -> Option<&Response> {
+        self.response.as_deref()
+    }
+
+    pub(crate) fn with_negotiated(
+        mut self,
+        subprotocol: Option<String>,
+        extensions: Option<String>,
+    ) -> Self {
+        self.subprotocol = subprotocol;
+        self.extensions = extensions;
+        self
+    }
+
+    /// The next message; `None` once the connection is closed (see
+    /// [`close_code`](Self::close_code) for how). An error (protocol violation, keepalive
+    /// timeout, I/O failure) is returned once; the connection is then closing and the next
+    /// calls return `None`.
+    ///
+    /// **Cancel safety:** cancel-safe. Dropping the future loses no message: a message is
+    /// only taken from the connection when it is returned.
+    pub async fn recv(&mut self) -> Option<Result<Message>> {
+        poll_fn(|cx| self.inner.poll_recv(cx)).await
+    }
+
+    /// Sends a message, waiting first while the write buffer is above its high-water mark.
+    /// See the type's documentation for write coalescing.
+    ///
+    /// **Cancel safety:** if cancelled before it completes, the message may or may not have
+    /// been queued.
+    pub async fn send(&mut self, msg: impl Into<Message>) -> Result<()> {
+        let msg = msg.into();
+        poll_fn(|cx| self.inner.poll_ready(cx)).await?;
+        self.inner.start_send(&msg)?;
+        if self.inner.may_coalesce() {
+            return Ok(());
+        }
+        poll_fn(|cx| self.inner.poll_flush(cx)).await
+    }
+
+    /// Writes out everything queued.
+    pub async fn flush(&mut self) -> Result<()> {
+        poll_fn(|cx| self.inner.poll_flush(cx)).await
+    }
+
+    /// Sends a Ping and waits for its Pong; returns the round-trip time. Messages that arrive
+    /// meanwhile are kept for [`recv`](Self::recv).
+    pub async fn ping(&mut self) -> Result<Duration> {
+        self.inner.ping_counter += 1;
+        let payload = self.inner.ping_counter.to_be_bytes();
+        self.inner
+            .proto
+            .ping(&payload, now())
+            .map_err(|_| Error::ConnectionClosed)?;
+        poll_fn(|cx| loop {
+            if let Some(rtt) = self.inner.proto.take_rtt(&payload) {
+                return Poll::Ready(Ok(rtt));
+            }
+            if self.inner.done || self.inner.proto.state() == State::Closed {
+                return Poll::Ready(Err(Error::ConnectionClosed));
+            }
+            ready!(self.inner.poll_drive(cx))?;
+        })
+        .await
+    }
+
+    /// Performs the closing handshake with `code` (1000 for a normal closure) and `reason`,
+    /// then closes the transport. Messages still arriving are discarded. Returns once closed,
+    /// after at most the close timeout.
+    pub async fn close(&mut self, code: u16, reason: &str) -> Result<()> {
+        self.inner.start_close(code, reason)?;
+        poll_fn(|cx| self.inner.poll_close(cx)).await
+    }
+
+    /// The close code of a closed connection: the peer's code, 1005 if its Close frame had
+    /// none, 1006 if the connection ended without a closing handshake.
+    pub fn close_code(&self) -> u16 {
+        self.inner.proto.close_code()
+    }
+
+    /// The peer's Close frame, if one arrived (`Some(None)`: a Close without status code).
+    pub fn close_frame(&self) -> Option<Option<&CloseFrame>> {
+        self.inner.proto.peer_close()
+    }
+
+    /// True once the connection is fully closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.done
+    }
+
+    /// The subprotocol the server selected, if any.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.subprotocol.as_deref()
+    }
+
+    /// The negotiated `Sec-WebSocket-Extensions` value, if any.
+    pub fn extensions(&self) -> Option<&str> {
+        self.extensions.as_deref()
+    }
+
+    /// Bytes queued for writing.
+    pub fn buffered_amount(&self) -> usize {
+        self.inner.proto.buffered_amount()
+    }
+
+    /// The underlying transport.
+    pub fn get_ref(&self) -> &S {
+        &self.inner.io
+    }
+
+    /// Splits the connection into a sending and a receiving half that can be used from two
+    /// tasks. Keep the receiving half polled: it answers pings, runs keepalive and completes
+    /// the closing handshake. Sends from the sending half are always written right away.
+    pub fn split(self) -> (WsSender<S>, WsReceiver<S>) {
+        let mut inner = self.inner;
+        inner.split = true;
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(inner),
+            subprotocol: self.subprotocol,
+        });
+        (
+            WsSender {
+                shared: shared.clone(),
+            },
+            WsReceiver { shared },
+        )
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
+    type Item = Result<Message>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().inner.poll_recv(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.get_mut().inner.poll_ready(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<()> {
+        self.get_mut().inner.start_send(&item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.get_mut().inner.poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let inner = &mut self.get_mut().inner;
+        if inner.proto.state() == State::Open {
+            inner.start_close(close_code::NORMAL, "")?;
+        }
+        inner.poll_close(cx)
+    }
+}
+
+struct Shared<S> {
+    inner: Mutex<Inner<S>>,
+    subprotocol: Option<String>,
+}
+
+impl<S> Shared<S> {
+    fn lock(&self) -> MutexGuard<'_, Inner<S>> {
+        // A panic while holding the lock leaves the connection in a consistent state (every
+        // method keeps the core's invariants), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The sending half of a split [`WebSocket`].
+pub struct WsSender<S = MaybeTlsStream> {
+    shared: Arc<Shared<S>>,
+}
+
+/// The receiving half of a split [`WebSocket`].
+pub struct WsReceiver<S = MaybeTlsStream> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsSender<S> {
+    /// Sends a message and writes it out (waiting while the write buffer is full).
+    pub async fn send(&mut self, msg: impl Into<Message>) -> Result<()> {
+        let msg = msg.into();
+        poll_fn(|cx| self.shared.lock().poll_ready(cx)).await?;
+        self.shared.lock().start_send(&msg)?;
+        poll_fn(|cx| self.shared.lock().poll_flush(cx)).await
+    }
+
+    /// Starts the closing handshake and writes the Close frame. The receiving half completes
+    /// the handshake and then returns `None`.
+    pub async fn close(&mut self, code: u16, reason: &str) -> Result<()> {
+        self.shared.lock().start_close(code, reason)?;
+        poll_fn(|cx| self.shared.lock().poll_flush(cx)).await
+    }
+
+    /// The subprotocol the server selected, if any.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.shared.subprotocol.as_deref()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsReceiver<S> {
+    /// The next message, as [`WebSocket::recv`]. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Result<Message>> {
+        poll_fn(|cx| self.shared.lock().poll_recv(cx)).await
+    }
+
+    /// The close code once closed, as [`WebSocket::close_code`].
+    pub fn close_code(&self) -> u16 {
+        self.shared.lock().proto.close_code()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsReceiver<S> {
+    type Item = Result<Message>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.shared.lock().poll_recv(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsSender<S> {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.shared.lock().poll_ready(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<()> {
+        self.shared.lock().start_send(&item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.shared.lock().poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let mut inner = self.shared.lock();
+        if inner.proto.state() == State::Open {
+            inner.start_close(close_code::NORMAL, "")?;
+        }
+        inner.poll_flush(cx)
+    }
+}
