@@ -11,7 +11,7 @@ use tokio::time::{timeout_at, Instant};
 use url::Url;
 
 use crate::config::Config;
-use crate::error::{Error, Phase, RedirectError, Result};
+use crate::error::{Error, Phase, ProxyError, RedirectError, Result};
 use crate::stream::MaybeTlsStream;
 use crate::tls::{server_name, TlsConfig};
 use crate::websocket::WebSocket;
@@ -440,16 +440,17 @@ fn proxy_from_env(target: &Target) -> Option<String> {
 
 /// Opens a TCP tunnel to `target` through an HTTP proxy with CONNECT.
 async fn connect_via_proxy(proxy: &str, target: &Target, deadline: Instant) -> Result<TcpStream> {
-    let url = Url::parse(proxy).map_err(|e| Error::Proxy(format!("invalid proxy URL: {e}")))?;
+    let url = Url::parse(proxy)
+        .map_err(|e| Error::Proxy(ProxyError::new(format!("invalid proxy URL: {e}"))))?;
     if url.scheme() != "http" {
-        return Err(Error::Proxy(format!(
+        return Err(Error::Proxy(ProxyError::new(format!(
             "proxy scheme {} is not supported (http only)",
             url.scheme()
-        )));
+        ))));
     }
     let host = url
         .host_str()
-        .ok_or_else(|| Error::Proxy("proxy URL has no host".into()))?
+        .ok_or_else(|| Error::Proxy(ProxyError::new("proxy URL has no host")))?
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
@@ -457,7 +458,13 @@ async fn connect_via_proxy(proxy: &str, target: &Target, deadline: Instant) -> R
     let mut tcp = timeout_at(deadline, TcpStream::connect((host.as_str(), port)))
         .await
         .map_err(|_| Error::Timeout(Phase::Proxy))?
-        .map_err(|e| Error::Proxy(format!("cannot reach proxy {host}:{port}: {e}")))?;
+        .map_err(|e| {
+            Error::Proxy(ProxyError {
+                status: None,
+                message: format!("cannot reach proxy {host}:{port}: {e}"),
+                io: Some(e),
+            })
+        })?;
     let authority = if target.host.contains(':') {
         format!("[{}]:{}", target.host, target.port)
     } else {
@@ -482,12 +489,20 @@ async fn connect_via_proxy(proxy: &str, target: &Target, deadline: Instant) -> R
     let mut head = Vec::with_capacity(256);
     while !head.ends_with(b"\r\n\r\n") {
         if head.len() > 16 << 10 {
-            return Err(Error::Proxy("proxy response head too long".into()));
+            return Err(Error::Proxy(ProxyError::new(
+                "proxy response head too long",
+            )));
         }
         let b = timeout_at(deadline, tcp.read_u8())
             .await
             .map_err(|_| Error::Timeout(Phase::Proxy))?
-            .map_err(|e| Error::Proxy(format!("proxy closed the connection: {e}")))?;
+            .map_err(|e| {
+                Error::Proxy(ProxyError {
+                    status: None,
+                    message: format!("proxy closed the connection: {e}"),
+                    io: Some(e),
+                })
+            })?;
         head.push(b);
     }
     let line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
@@ -496,12 +511,18 @@ async fn connect_via_proxy(proxy: &str, target: &Target, deadline: Instant) -> R
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| Error::Proxy(format!("invalid proxy response: {}", line.trim())))?;
+        .ok_or_else(|| {
+            Error::Proxy(ProxyError::new(format!(
+                "invalid proxy response: {}",
+                line.trim()
+            )))
+        })?;
     if !(200..300).contains(&status) {
-        return Err(Error::Proxy(format!(
-            "proxy refused CONNECT: {}",
-            line.trim()
-        )));
+        return Err(Error::Proxy(ProxyError {
+            status: Some(status),
+            message: format!("proxy refused CONNECT: {}", line.trim()),
+            io: None,
+        }));
     }
     Ok(tcp)
 }

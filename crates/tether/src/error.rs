@@ -62,6 +62,91 @@ impl fmt::Display for RedirectError {
     }
 }
 
+/// Why tunnelling through an HTTP proxy failed.
+#[derive(Debug)]
+pub struct ProxyError {
+    /// The proxy's HTTP status, when it answered the CONNECT (e.g. 407, 502).
+    pub status: Option<u16>,
+    /// What happened, for humans.
+    pub message: String,
+    /// The I/O error, when the proxy could not be reached or hung up.
+    pub io: Option<io::Error>,
+}
+
+impl ProxyError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            status: None,
+            message: message.into(),
+            io: None,
+        }
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ProxyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.io.as_ref().map(|e| e as _)
+    }
+}
+
+/// The kind of an [`Error`], for matching in policies without destructuring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// [`Error::Io`].
+    Io,
+    /// [`Error::Timeout`].
+    Timeout,
+    /// [`Error::Eof`].
+    Eof,
+    /// [`Error::Status`].
+    Status,
+    /// [`Error::InvalidResponse`].
+    InvalidResponse,
+    /// [`Error::Redirect`].
+    Redirect,
+    /// [`Error::Tls`].
+    Tls,
+    /// [`Error::Proxy`].
+    Proxy,
+    /// [`Error::Protocol`].
+    Protocol,
+    /// [`Error::InvalidUri`].
+    InvalidUri,
+    /// [`Error::ConnectionClosed`].
+    Closed,
+    /// [`Error::Other`] (and anything else).
+    Other,
+}
+
+impl ErrorKind {
+    /// The kind's name as used in the CLI's JSON events: `io`, `timeout`, `eof`, `status`,
+    /// `invalid_response`, `redirect`, `tls`, `proxy`, `protocol`, `invalid_uri`, `closed`,
+    /// `other`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Io => "io",
+            Self::Timeout => "timeout",
+            Self::Eof => "eof",
+            Self::Status => "status",
+            Self::InvalidResponse => "invalid_response",
+            Self::Redirect => "redirect",
+            Self::Tls => "tls",
+            Self::Proxy => "proxy",
+            Self::Protocol => "protocol",
+            Self::InvalidUri => "invalid_uri",
+            Self::Closed => "closed",
+            Self::Other => "other",
+        }
+    }
+}
+
 /// Everything that can go wrong opening or using a WebSocket connection.
 ///
 /// Errors keep what a retry decision needs: the I/O error kind, the phase that timed out, the
@@ -91,8 +176,8 @@ pub enum Error {
     Redirect(RedirectError),
     /// The TLS handshake failed.
     Tls(io::Error),
-    /// The proxy refused or failed the CONNECT request.
-    Proxy(String),
+    /// The proxy could not be reached, or refused or failed the CONNECT request.
+    Proxy(ProxyError),
     /// The peer violated the protocol, a limit was exceeded, or the keepalive timed out.
     Protocol(ProtocolError),
     /// The URL is not a usable `ws://` or `wss://` URL.
@@ -142,23 +227,23 @@ impl Error {
         )
     }
 
-    /// A short machine-readable kind: `io`, `timeout`, `eof`, `status`, `invalid_response`,
-    /// `redirect`, `tls`, `proxy`, `protocol`, `invalid_uri`, `closed` or `other`.
-    pub fn kind_str(&self) -> &'static str {
+    /// The kind of error (for [`AttemptsExhausted`](Self::AttemptsExhausted), the last
+    /// attempt's).
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Io(_) => "io",
-            Self::Timeout(_) => "timeout",
-            Self::Eof => "eof",
-            Self::Status(_) => "status",
-            Self::InvalidResponse { .. } => "invalid_response",
-            Self::Redirect(_) => "redirect",
-            Self::Tls(_) => "tls",
-            Self::Proxy(_) => "proxy",
-            Self::Protocol(_) => "protocol",
-            Self::InvalidUri(_) => "invalid_uri",
-            Self::ConnectionClosed => "closed",
-            Self::AttemptsExhausted { last, .. } => last.kind_str(),
-            Self::Other(_) => "other",
+            Self::Io(_) => ErrorKind::Io,
+            Self::Timeout(_) => ErrorKind::Timeout,
+            Self::Eof => ErrorKind::Eof,
+            Self::Status(_) => ErrorKind::Status,
+            Self::InvalidResponse { .. } => ErrorKind::InvalidResponse,
+            Self::Redirect(_) => ErrorKind::Redirect,
+            Self::Tls(_) => ErrorKind::Tls,
+            Self::Proxy(_) => ErrorKind::Proxy,
+            Self::Protocol(_) => ErrorKind::Protocol,
+            Self::InvalidUri(_) => ErrorKind::InvalidUri,
+            Self::ConnectionClosed => ErrorKind::Closed,
+            Self::AttemptsExhausted { last, .. } => last.kind(),
+            Self::Other(_) => ErrorKind::Other,
         }
     }
 }
@@ -197,6 +282,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Io(e) | Self::Tls(e) => Some(e),
+            Self::Proxy(e) => Some(e),
             Self::Protocol(e) => Some(e),
             Self::AttemptsExhausted { last, .. } => Some(last.as_ref()),
             Self::Other(e) => Some(e.as_ref()),

@@ -8,6 +8,7 @@
 mod client;
 mod config;
 mod error;
+pub mod reconnect;
 mod server;
 mod stream;
 pub mod tls;
@@ -15,7 +16,8 @@ mod websocket;
 
 pub use client::{connect, ClientBuilder, USER_AGENT};
 pub use config::Config;
-pub use error::{Error, Phase, RedirectError, Response, Result};
+pub use error::{Error, ErrorKind, Phase, ProxyError, RedirectError, Response, Result};
+pub use reconnect::{Backoff, Decision, Policy, Reconnect, Reconnecting};
 pub use server::{
     accept, credentials_match, serve, HttpRequest, HttpResponse, Server, ServerConfig,
     ShutdownHandle,
