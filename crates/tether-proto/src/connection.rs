@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::deflate::{Codec, DeflateConfig, DeflateParams};
 use crate::error::{ProtocolError, SendError};
 use crate::frame::{close_code, encode_frame, is_valid_close_code, OpCode, MAX_HEADER_LEN};
 use crate::mask::apply_mask;
@@ -191,6 +192,7 @@ pub struct Connection {
     head_len: u8,
     frame: FrameInfo,
     message: Option<MessageKind>,
+    compressed: bool,
     fragments: usize,
     buf: Vec<u8>,
     utf8_valid: usize,
@@ -211,6 +213,10 @@ pub struct Connection {
     keepalive_count: u32,
     user_pings: VecDeque<(Vec<u8>, Instant)>,
     answered: VecDeque<(Vec<u8>, Duration)>,
+
+    deflate: Option<Box<Codec>>,
+    /// Unmasked compressed input, and compressed output, on their way through the codec.
+    scratch: Vec<u8>,
 }
 
 impl Connection {
@@ -232,6 +238,7 @@ impl Connection {
                 got: 0,
             },
             message: None,
+            compressed: false,
             fragments: 0,
             buf: Vec::new(),
             utf8_valid: 0,
@@ -249,7 +256,21 @@ impl Connection {
             keepalive_count: 0,
             user_pings: VecDeque::new(),
             answered: VecDeque::new(),
+            deflate: None,
+            scratch: Vec::new(),
         }
+    }
+
+    /// Turns on permessage-deflate with the parameters the opening handshake agreed on
+    /// (see [`DeflateConfig::client_accept`] and [`DeflateConfig::server_accept`]); `config`
+    /// gives the compression level, memory level and minimum size.
+    pub fn enable_deflate(&mut self, params: DeflateParams, config: &DeflateConfig) {
+        self.deflate = Some(Box::new(Codec::new(self.role, params, config)));
+    }
+
+    /// True when permessage-deflate is in use.
+    pub fn deflate_enabled(&self) -> bool {
+        self.deflate.is_some()
     }
 
     /// This end's role.
@@ -323,6 +344,11 @@ impl Connection {
                         if let Some(key) = self.frame.mask {
                             apply_mask(dst, key, offset);
                         }
+                    } else if self.compressed {
+                        if let Err(e) = self.inflate_chunk(chunk, offset) {
+                            self.fail(e, now);
+                            return;
+                        }
                     } else {
                         let start = self.buf.len();
                         self.buf.extend_from_slice(chunk);
@@ -391,14 +417,47 @@ impl Connection {
 
     // ----- commands -----
 
-    /// Queues a text message.
+    /// Queues a text message (compressed when permessage-deflate is in use).
     pub fn send_text(&mut self, text: &str) -> Result<(), SendError> {
-        self.send_data(OpCode::Text, text.as_bytes())
+        self.send_message(OpCode::Text, text.as_bytes(), true)
     }
 
-    /// Queues a binary message.
+    /// Queues a binary message (compressed when permessage-deflate is in use).
     pub fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
-        self.send_data(OpCode::Binary, data)
+        self.send_message(OpCode::Binary, data, true)
+    }
+
+    /// Queues a message of kind `opcode` ([`OpCode::Text`] or [`OpCode::Binary`]; `payload`
+    /// must be UTF-8 for text). With `compress` false the message is sent uncompressed even
+    /// when permessage-deflate is in use: for data that does not compress, such as images.
+    pub fn send_message(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+        compress: bool,
+    ) -> Result<(), SendError> {
+        if !matches!(opcode, OpCode::Text | OpCode::Binary) {
+            return Err(SendError::NotData);
+        }
+        if self.close_sent {
+            return Err(SendError::Closed);
+        }
+        if let Some(codec) = self.deflate.as_deref_mut() {
+            if compress && payload.len() >= codec.min_size {
+                self.scratch.clear();
+                if codec.compress(payload, &mut self.scratch) {
+                    let compressed = std::mem::take(&mut self.scratch);
+                    self.write_frame_rsv1(opcode, &compressed, true);
+                    self.scratch = compressed;
+                    if self.scratch.capacity() > OUT_KEEP {
+                        self.scratch = Vec::new();
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        self.write_frame(opcode, payload);
+        Ok(())
     }
 
     /// Queues a Ping. When its Pong arrives, [`Event::Pong`] carries the round-trip time
@@ -531,7 +590,8 @@ impl Connection {
         let b1 = self.head[1];
         self.head_len = 0;
         let fin = b0 & 0x80 != 0;
-        if b0 & 0x70 != 0 {
+        let rsv1 = b0 & 0x40 != 0;
+        if b0 & 0x30 != 0 {
             return Err(ProtocolError::ReservedBits);
         }
         let opcode = OpCode::from_u8(b0 & 0x0F).ok_or(ProtocolError::UnknownOpcode(b0 & 0x0F))?;
@@ -579,14 +639,22 @@ impl Connection {
             if len > 125 {
                 return Err(ProtocolError::ControlTooLong);
             }
+            if rsv1 {
+                return Err(ProtocolError::ReservedBits);
+            }
         } else {
+            // RSV1 marks a compressed message, on its first frame only.
+            let starts = matches!(opcode, OpCode::Text | OpCode::Binary);
+            if rsv1 && (!starts || self.deflate.is_none()) {
+                return Err(ProtocolError::ReservedBits);
+            }
             match (opcode, self.message) {
                 (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
                 (OpCode::Text | OpCode::Binary, Some(_)) => {
                     return Err(ProtocolError::ExpectedContinuation)
                 }
-                (OpCode::Text, None) => self.start_message(MessageKind::Text),
-                (OpCode::Binary, None) => self.start_message(MessageKind::Binary),
+                (OpCode::Text, None) => self.start_message(MessageKind::Text, rsv1),
+                (OpCode::Binary, None) => self.start_message(MessageKind::Binary, rsv1),
                 _ => {}
             }
             self.fragments += 1;
@@ -600,14 +668,17 @@ impl Connection {
                     max: self.config.max_frame_size,
                 });
             }
-            if self.buf.len() as u64 + len > self.config.max_message_size as u64 {
-                return Err(ProtocolError::MessageTooLarge {
-                    max: self.config.max_message_size,
-                });
+            // A compressed message's size is checked while it is inflated.
+            if !self.compressed {
+                if self.buf.len() as u64 + len > self.config.max_message_size as u64 {
+                    return Err(ProtocolError::MessageTooLarge {
+                        max: self.config.max_message_size,
+                    });
+                }
+                // Bounded by max_frame_size above, so the cast cannot truncate on 64-bit
+                // targets; the reservation is capped anyway.
+                self.buf.reserve((len as usize).min(FRAME_RESERVE));
             }
-            // Bounded by max_frame_size above, so the cast cannot truncate on 64-bit targets;
-            // the reservation is capped anyway.
-            self.buf.reserve((len as usize).min(FRAME_RESERVE));
         }
         self.frame = FrameInfo {
             fin,
@@ -623,8 +694,9 @@ impl Connection {
         Ok(())
     }
 
-    fn start_message(&mut self, kind: MessageKind) {
+    fn start_message(&mut self, kind: MessageKind, compressed: bool) {
         self.message = Some(kind);
+        self.compressed = compressed;
         self.fragments = 0;
         self.utf8_valid = 0;
     }
@@ -671,7 +743,35 @@ impl Connection {
         }
     }
 
+    /// Unmasks (into the scratch buffer) and inflates one piece of a compressed message.
+    fn inflate_chunk(&mut self, chunk: &[u8], offset: usize) -> Result<(), ProtocolError> {
+        let Some(codec) = self.deflate.as_deref_mut() else {
+            return Err(ProtocolError::ReservedBits);
+        };
+        let input = match self.frame.mask {
+            Some(key) => {
+                self.scratch.clear();
+                self.scratch.extend_from_slice(chunk);
+                apply_mask(&mut self.scratch, key, offset);
+                &self.scratch[..]
+            }
+            None => chunk,
+        };
+        codec.decompress(input, &mut self.buf, self.config.max_message_size)
+    }
+
     fn end_message(&mut self, now: Instant) {
+        if self.compressed {
+            self.compressed = false;
+            if self.scratch.capacity() > OUT_KEEP {
+                self.scratch = Vec::new();
+            }
+            if let Some(codec) = self.deflate.as_deref_mut() {
+                if let Err(e) = codec.finish_message(&mut self.buf, self.config.max_message_size) {
+                    return self.fail(e, now);
+                }
+            }
+        }
         let kind = self.message.take();
         let data = std::mem::take(&mut self.buf);
         self.utf8_valid = 0;
@@ -714,6 +814,7 @@ impl Connection {
         self.state = State::Closed;
         self.close_deadline = None;
         self.message = None;
+        self.compressed = false;
         self.buf = Vec::new();
         match self.role {
             Role::Server => self.close_transport = true,
@@ -730,6 +831,7 @@ impl Connection {
         }
         self.phase = ReadPhase::Done;
         self.message = None;
+        self.compressed = false;
         self.buf = Vec::new();
         self.next_ping = None;
         self.pong_deadline = None;
@@ -744,14 +846,6 @@ impl Connection {
         self.close_deadline = None;
         self.transport_deadline = None;
         self.close_transport = true;
-    }
-
-    fn send_data(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
-        if self.close_sent {
-            return Err(SendError::Closed);
-        }
-        self.write_frame(opcode, payload);
-        Ok(())
     }
 
     fn write_close(&mut self, code: Option<u16>, reason: &str) {
@@ -770,6 +864,10 @@ impl Connection {
     }
 
     fn write_frame(&mut self, opcode: OpCode, payload: &[u8]) {
+        self.write_frame_rsv1(opcode, payload, false);
+    }
+
+    fn write_frame_rsv1(&mut self, opcode: OpCode, payload: &[u8], rsv1: bool) {
         if self.out_pos > OUT_KEEP && self.out_pos * 2 > self.out.len() {
             self.out.drain(..self.out_pos);
             self.out_pos = 0;
@@ -778,7 +876,7 @@ impl Connection {
             Role::Client => Some(rand::random::<[u8; 4]>()),
             Role::Server => None,
         };
-        encode_frame(&mut self.out, true, false, opcode, mask, payload);
+        encode_frame(&mut self.out, true, rsv1, opcode, mask, payload);
     }
 }
 

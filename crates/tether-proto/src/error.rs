@@ -133,6 +133,8 @@ pub enum SendError {
     InvalidCloseCode(u16),
     /// A close reason is limited to 123 bytes.
     ReasonTooLong,
+    /// Only text and binary messages can be sent as messages.
+    NotData,
 }
 
 impl fmt::Display for SendError {
@@ -142,6 +144,7 @@ impl fmt::Display for SendError {
             Self::ControlTooLong => f.write_str("control frame payload over 125 bytes"),
             Self::InvalidCloseCode(c) => write!(f, "close code {c} may not be sent"),
             Self::ReasonTooLong => f.write_str("close reason over 123 bytes"),
+            Self::NotData => f.write_str("only text and binary messages can be sent"),
         }
     }
 }

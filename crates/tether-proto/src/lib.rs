@@ -9,11 +9,13 @@
 #![forbid(unsafe_code)]
 
 mod connection;
+pub mod deflate;
 mod error;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
 
 pub use connection::{CloseFrame, Config, Connection, Event, Role, State};
+pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{ProtocolError, SendError};
 pub use frame::{close_code, OpCode};
