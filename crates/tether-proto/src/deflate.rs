@@ -18,18 +18,21 @@ const TAIL: [u8; 4] = [0x00, 0x00, 0xFF, 0xFF];
 
 /// What to offer (client) or accept (server), and how to compress.
 ///
-/// The defaults keep the footprint small, like Python websockets': both windows at 2^12 bytes
-/// and memory level 5, so a connection that compresses in both directions holds about 40 KiB
-/// of zlib state once it has sent and received a compressed message (nothing before).
-/// [`DeflateConfig::low_memory`] frees that state after every message instead.
+/// The defaults keep the footprint small: both windows at 2^12 bytes and memory level 5
+/// (Python websockets' choice), and no context takeover for the client's messages, so only
+/// the server-to-client direction keeps its compression state between messages. A client
+/// therefore holds just its decompressor, a server just its compressor, once messages have
+/// flowed (nothing before). [`DeflateConfig::low_memory`] frees all state after every
+/// message; setting `client_no_context_takeover` to false compresses client messages better.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeflateConfig {
     /// Client: ask the server to compress each message independently. Server: always do so
     /// (and say so). Either way the server's compressor is freed after each message.
     /// Default: false.
     pub server_no_context_takeover: bool,
-    /// Client: compress each message independently (and say so). Server: ask the client to.
-    /// Default: false.
+    /// Client: compress each message independently (and say so in the offer). Server: ask
+    /// the client to. Either way the decompressor of client messages is freed after each
+    /// one. Default: true.
     pub client_no_context_takeover: bool,
     /// Largest window, as a power of two (8–15), the server may compress with. A client
     /// offers it when below 15; a server never uses more. Default: 12.
@@ -49,7 +52,7 @@ impl Default for DeflateConfig {
     fn default() -> Self {
         Self {
             server_no_context_takeover: false,
-            client_no_context_takeover: false,
+            client_no_context_takeover: true,
             server_max_window_bits: 12,
             client_max_window_bits: 12,
             level: 6,
@@ -67,6 +70,16 @@ impl DeflateConfig {
         Self {
             server_no_context_takeover: true,
             client_no_context_takeover: true,
+            ..Self::default()
+        }
+    }
+
+    /// Context takeover in both directions: the best compression of small, similar messages,
+    /// at the cost of keeping a compressor and a decompressor per connection.
+    pub fn best_compression() -> Self {
+        Self {
+            server_no_context_takeover: false,
+            client_no_context_takeover: false,
             ..Self::default()
         }
     }
@@ -516,14 +529,16 @@ mod tests {
         let offer = c.client_offer();
         assert_eq!(
             offer,
-            "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"
+            "permessage-deflate; client_no_context_takeover; server_max_window_bits=12; \
+             client_max_window_bits=12"
         );
         let (response, agreed) = DeflateConfig::default().server_accept(&offer).unwrap();
         assert_eq!(
             response,
-            "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"
+            "permessage-deflate; client_no_context_takeover; server_max_window_bits=12; \
+             client_max_window_bits=12"
         );
-        assert_eq!(agreed, params(false, false, 12, 12));
+        assert_eq!(agreed, params(false, true, 12, 12));
         assert_eq!(c.client_accept(&response).unwrap(), agreed);
     }
 
@@ -535,11 +550,12 @@ mod tests {
             .unwrap();
         assert_eq!(
             response,
-            "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"
+            "permessage-deflate; client_no_context_takeover; server_max_window_bits=12; \
+             client_max_window_bits=12"
         );
-        assert_eq!(agreed, params(false, false, 12, 12));
+        assert_eq!(agreed, params(false, true, 12, 12));
         // A client that cannot limit its window: inflate with 15.
-        let (response, agreed) = DeflateConfig::default()
+        let (response, agreed) = DeflateConfig::best_compression()
             .server_accept("permessage-deflate")
             .unwrap();
         assert_eq!(response, "permessage-deflate; server_max_window_bits=12");
@@ -548,7 +564,7 @@ mod tests {
 
     #[test]
     fn server_honours_offered_parameters_and_skips_bad_offers() {
-        let server = DeflateConfig::default();
+        let server = DeflateConfig::best_compression();
         let (response, agreed) = server
             .server_accept(
                 "permessage-deflate; foo=1, permessage-deflate; server_no_context_takeover; \
@@ -582,7 +598,7 @@ mod tests {
 
     #[test]
     fn client_rejects_what_it_did_not_ask_for() {
-        let c = DeflateConfig::default();
+        let c = DeflateConfig::best_compression();
         assert!(c
             .client_accept("permessage-deflate; server_max_window_bits=13")
             .is_err());

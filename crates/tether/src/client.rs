@@ -228,7 +228,7 @@ impl ClientBuilder {
             origin: self.origin.clone(),
             user_agent: self.user_agent.clone(),
             subprotocols: self.subprotocols.clone(),
-            extensions: None,
+            extensions: self.config.compression.as_ref().map(|c| c.client_offer()),
             basic_auth: target.basic_auth.clone(),
             headers: headers.to_vec(),
         };
@@ -272,7 +272,24 @@ async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
             continue;
         };
         let leftover = buf.get(accepted.consumed..n).unwrap_or(&[]);
-        let ws = WebSocket::from_raw(io, Role::Client, config, leftover)
+        let deflate =
+            match (&accepted.extensions, &config.compression) {
+                (None, _) => None,
+                (Some(value), Some(offered)) => Some(offered.client_accept(value).map_err(
+                    |e| Error::InvalidResponse {
+                        reason: e.to_string(),
+                        response: Some(Box::new(accepted.response.clone())),
+                    },
+                )?),
+                // Without an offer the handshake already refused any extension.
+                (Some(value), None) => {
+                    return Err(Error::InvalidResponse {
+                        reason: format!("unsolicited extension {value}"),
+                        response: Some(Box::new(accepted.response)),
+                    })
+                }
+            };
+        let ws = WebSocket::with_deflate(io, Role::Client, config, deflate, leftover)
             .with_negotiated(accepted.subprotocol, accepted.extensions)
             .with_response(accepted.response);
         return Ok(ws);

@@ -294,12 +294,21 @@ async fn accept_until<S: AsyncRead + AsyncWrite + Unpin>(
         .iter()
         .find(|p| request.subprotocols.iter().any(|o| o == *p))
         .cloned();
-    let response = handshake::accept_response(&request, subprotocol.as_deref(), None, &[]);
+    let negotiated = match (&config.config.compression, &request.extensions) {
+        (Some(settings), Some(offers)) => settings.server_accept(offers),
+        _ => None,
+    };
+    let (extensions, deflate) = match negotiated {
+        Some((header, params)) => (Some(header), Some(params)),
+        None => (None, None),
+    };
+    let response =
+        handshake::accept_response(&request, subprotocol.as_deref(), extensions.as_deref(), &[]);
     timeout_at(deadline, io.write_all(&response))
         .await
         .map_err(|_| Error::Timeout(Phase::Handshake))??;
-    let ws = WebSocket::from_raw(io, Role::Server, &config.config, &leftover)
-        .with_negotiated(subprotocol, None);
+    let ws = WebSocket::with_deflate(io, Role::Server, &config.config, deflate, &leftover)
+        .with_negotiated(subprotocol, extensions);
     Ok(Some((ws, request)))
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_core::Stream;
 use futures_sink::Sink;
-use tether_proto::{close_code, CloseFrame, Connection, Event, Role, State};
+use tether_proto::{close_code, CloseFrame, Connection, DeflateParams, Event, OpCode, Role, State};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
@@ -400,7 +400,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Wraps a transport whose opening handshake is already done. `leftover` holds bytes read
     /// past the handshake (the first frames), if any.
     pub fn from_raw(io: S, role: Role, config: &Config, leftover: &[u8]) -> Self {
+        Self::with_deflate(io, role, config, None, leftover)
+    }
+
+    /// As [`from_raw`](Self::from_raw), with permessage-deflate on when the handshake agreed
+    /// on `deflate` (its settings come from `config.compression`).
+    pub fn with_deflate(
+        io: S,
+        role: Role,
+        config: &Config,
+        deflate: Option<DeflateParams>,
+        leftover: &[u8],
+    ) -> Self {
         let mut proto = Connection::new(role, config.proto_config(), now());
+        if let Some(params) = deflate {
+            let settings = config.compression.clone().unwrap_or_default();
+            proto.enable_deflate(params, &settings);
+        }
         if !leftover.is_empty() {
             proto.receive(leftover, now());
         }
@@ -472,6 +488,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         if self.inner.may_coalesce() {
             return Ok(());
         }
+        poll_fn(|cx| self.inner.poll_flush(cx)).await
+    }
+
+    /// Sends a message without compressing it, even when permessage-deflate is in use: for
+    /// data that does not compress (images, already compressed archives).
+    pub async fn send_uncompressed(&mut self, msg: impl Into<Message>) -> Result<()> {
+        let msg = msg.into();
+        poll_fn(|cx| self.inner.poll_ready(cx)).await?;
+        let (opcode, bytes) = match &msg {
+            Message::Text(t) => (OpCode::Text, t.as_bytes()),
+            Message::Binary(b) => (OpCode::Binary, &b[..]),
+        };
+        self.inner
+            .proto
+            .send_message(opcode, bytes, false)
+            .map_err(|_| Error::ConnectionClosed)?;
         poll_fn(|cx| self.inner.poll_flush(cx)).await
     }
 

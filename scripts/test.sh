@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The whole test suite, on a bare machine (Rust toolchain and Python 3 with venv/pip):
+#
+#   1. a Python venv in .venv-test with the test peers (kosoku, websockets), made if missing;
+#   2. cargo test --workspace (the interop tests find Python through TETHER_PYTHON);
+#   3. the Autobahn test suite against the release examples, server role and client role.
+#
+# cargo test and each Autobahn role are a gate (a failed release build of the examples counts
+# as one failed gate instead of the two roles); the last line says how many gates passed and
+# failed, and the exit status is non-zero if any failed.
+#
+# Usage: bash scripts/test.sh (from anywhere; .ci/run runs it).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+VENV="$ROOT/.venv-test"
+# Test peers, within the major versions the tests are written against.
+PEERS=("kosoku>=0.1,<0.2" "websockets>=17,<18")
+# The whole Autobahn suite, compression (12.*, 13.*) included.
+AUTOBAHN_EXCLUDE=()
+AUTOBAHN_EXPECT=517
+
+# Time limits in seconds (the CI run has 90 minutes in all; on 2 cores a cold build takes a
+# few minutes and an Autobahn role well under one).
+CARGO_TEST_LIMIT=2400
+BUILD_LIMIT=900
+AUTOBAHN_LIMIT=900
+
+passed=0
+failed=0
+failures=()
+started=$SECONDS
+
+cleanup() {
+    # Ends whatever still runs: the gate in progress when the script is interrupted. (Each
+    # long step runs as a background job that the script waits for, so a signal reaches this
+    # trap at once instead of after the step; `timeout` passes the signal on to its command.)
+    local pids
+    pids="$(jobs -p)"
+    if [[ -n "$pids" ]]; then
+        # shellcheck disable=SC2086
+        kill $pids 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+trap 'echo "interrupted" >&2; exit 130' INT TERM HUP
+
+section() {
+    echo
+    echo "==> $* ($((SECONDS - started)) s)"
+}
+
+run() {
+    # run COMMAND...: runs a command as a waited-for background job (see cleanup).
+    "$@" &
+    wait "$!"
+}
+
+gate() {
+    # gate NAME COMMAND...: runs one gate and counts it.
+    local name="$1"
+    shift
+    section "$name"
+    if run "$@"; then
+        passed=$((passed + 1))
+        echo "==> $name: ok"
+    else
+        local rc=$?
+        failed=$((failed + 1))
+        failures+=("$name")
+        echo "==> $name: FAILED (exit $rc)"
+    fi
+}
+
+# --- 1. the Python venv with the test peers ---------------------------------------------
+peers_importable() {
+    [[ -x "$VENV/bin/python" && -x "$VENV/bin/kosoku" ]] &&
+        "$VENV/bin/python" -c 'import kosoku, websockets' 2>/dev/null
+}
+
+setup_venv() {
+    if peers_importable; then
+        echo "test peers already installed in $VENV"
+        return 0
+    fi
+    if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+        echo "creating $VENV"
+        rm -rf "$VENV"
+        python3 -m venv "$VENV"
+    fi
+    echo "installing ${PEERS[*]} into $VENV"
+    local attempt
+    for attempt in 1 2 3; do
+        if run "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+            "${PEERS[@]}" </dev/null; then
+            break
+        fi
+        echo "pip install failed (attempt $attempt of 3)" >&2
+        [[ $attempt -lt 3 ]] && sleep $((attempt * 5))
+    done
+    peers_importable
+}
+
+section "Python test peers"
+if ! setup_venv; then
+    echo "could not set up $VENV with ${PEERS[*]}" >&2
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+"$VENV/bin/python" -c 'import websockets; print("websockets", websockets.__version__)'
+export TETHER_PYTHON="$VENV/bin/python"
+
+# --- 2. cargo test -------------------------------------------------------------------------
+# --no-fail-fast: a failing test binary does not hide the results of the others.
+gate "cargo test --workspace" \
+    timeout --kill-after=30 "$CARGO_TEST_LIMIT" cargo test --workspace --no-fail-fast </dev/null
+
+# --- 3. Autobahn, both roles -------------------------------------------------------------
+section "cargo build --release -p tether --examples"
+if run timeout --kill-after=30 "$BUILD_LIMIT" \
+    cargo build --release -p tether --examples </dev/null; then
+    # `timeout` itself is the job, so that the cleanup's signal reaches it (and through it
+    # autobahn.py, which ends kosoku and the binary under test).
+    autobahn=(timeout --kill-after=30 $((AUTOBAHN_LIMIT + 60))
+        "$VENV/bin/python" scripts/autobahn.py
+        --kosoku "$VENV/bin/kosoku" --expect "$AUTOBAHN_EXPECT" "${AUTOBAHN_EXCLUDE[@]+"${AUTOBAHN_EXCLUDE[@]}"}"
+        --timeout "$AUTOBAHN_LIMIT")
+    gate "autobahn server" "${autobahn[@]}" server \
+        --binary target/release/examples/echo_server --out reports/servers
+    gate "autobahn client" "${autobahn[@]}" client \
+        --binary target/release/examples/autobahn_client --out reports/clients
+else
+    echo "==> the release build of the examples failed: Autobahn not run"
+    failed=$((failed + 1))
+    failures+=("cargo build --release -p tether --examples (Autobahn not run)")
+fi
+
+# --- summary -------------------------------------------------------------------------------
+echo
+echo "==> finished in $((SECONDS - started)) s"
+for f in "${failures[@]+"${failures[@]}"}"; do
+    echo "FAILED: $f"
+done
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]
