@@ -365,7 +365,7 @@ impl Connection {
         }
         // Fail fast on invalid UTF-8 inside a text message still in progress.
         if self.message == Some(MessageKind::Text) && self.buf.len() > self.utf8_valid {
-            match utf8_prefix(&self.buf[self.utf8_valid..]) {
+            match crate::utf8::valid_prefix(&self.buf[self.utf8_valid..]) {
                 Some(valid) => self.utf8_valid += valid,
                 None => self.fail(ProtocolError::InvalidUtf8, now),
             }
@@ -774,10 +774,10 @@ impl Connection {
         }
         let kind = self.message.take();
         let data = std::mem::take(&mut self.buf);
-        self.utf8_valid = 0;
+        let checked = std::mem::take(&mut self.utf8_valid);
         self.fragments = 0;
         match kind {
-            Some(MessageKind::Text) => match String::from_utf8(data) {
+            Some(MessageKind::Text) => match crate::utf8::into_string(data, checked) {
                 Ok(text) => self.events.push_back(Event::Text(text)),
                 Err(_) => self.fail(ProtocolError::InvalidUtf8, now),
             },
@@ -888,16 +888,6 @@ fn header_len(_b0: u8, b1: u8) -> usize {
         _ => 0,
     };
     2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 }
-}
-
-/// Length of the longest prefix of `bytes` that is valid UTF-8 or may become valid once more
-/// bytes arrive; `None` if `bytes` contains an invalid sequence.
-fn utf8_prefix(bytes: &[u8]) -> Option<usize> {
-    match simdutf8::compat::from_utf8(bytes) {
-        Ok(_) => Some(bytes.len()),
-        Err(e) if e.error_len().is_none() => Some(e.valid_up_to()),
-        Err(_) => None,
-    }
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {

@@ -459,7 +459,9 @@ impl Server {
             let handler = handler.clone();
             let handle = self.handle.clone();
             tasks.spawn(async move {
-                match open(tcp, &config, &handle).await {
+                // Boxed so that the handshake's state does not stay part of every
+                // connection task's size once the handler runs.
+                match Box::pin(open(tcp, &config, &handle)).await {
                     Ok(Some((ws, request))) => handler(ws, request).await,
                     Ok(None) => {}
                     Err(e) => tracing::debug!(%peer, error = %e, "handshake failed"),
@@ -508,7 +510,10 @@ async fn open(
     let signal = Arc::new(CloseSignal::default());
     {
         let mut signals = handle.signals.lock().unwrap_or_else(|e| e.into_inner());
-        signals.retain(|w| w.strong_count() > 0);
+        if signals.len() == signals.capacity() {
+            // Prune closed connections only when the list would grow: amortised O(1).
+            signals.retain(|w| w.strong_count() > 0);
+        }
         signals.push(Arc::downgrade(&signal));
     }
     if handle.state.is_set() {
