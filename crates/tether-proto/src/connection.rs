@@ -109,8 +109,9 @@ pub enum Event {
         /// Time since the matching ping was sent, if it answers one of ours.
         rtt: Option<Duration>,
     },
-    /// The peer sent a Close frame (`None`: no status code). The reply was already queued; the
-    /// connection is now [`State::Closed`].
+    /// The peer sent a Close frame (`None`: no status code). Nothing more is read. When this
+    /// event is taken, the reply is queued (unless our own Close went out already) and the
+    /// connection becomes [`State::Closed`]; events before it may still be answered.
     Close(Option<CloseFrame>),
     /// The connection failed. When this event is taken, a Close frame with the error's code
     /// is queued and the connection becomes [`State::Closed`]; the driver should flush and
@@ -204,6 +205,7 @@ pub struct Connection {
 
     close_sent: bool,
     peer_close: Option<Option<CloseFrame>>,
+    peer_close_at: Option<Instant>,
     close_deadline: Option<Instant>,
     transport_deadline: Option<Instant>,
     close_transport: bool,
@@ -248,6 +250,7 @@ impl Connection {
             out_pos: 0,
             close_sent: false,
             peer_close: None,
+            peer_close_at: None,
             close_deadline: None,
             transport_deadline: None,
             close_transport: false,
@@ -395,7 +398,7 @@ impl Connection {
             self.transport_deadline = None;
             self.close_transport = true;
         }
-        if self.state != State::Open {
+        if self.state != State::Open || self.phase == ReadPhase::Done {
             return;
         }
         if self.pong_deadline.is_some_and(|d| now >= d) {
@@ -537,8 +540,10 @@ impl Connection {
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
         let event = self.events.pop_front();
-        if let Some(Event::Error(e)) = &event {
-            self.apply_failure(e);
+        match &event {
+            Some(Event::Error(e)) => self.apply_failure(e),
+            Some(Event::Close(_)) => self.apply_peer_close(),
+            _ => {}
         }
         event
     }
@@ -804,21 +809,33 @@ impl Connection {
                 })
             }
         };
-        if !self.close_sent {
-            // Echo the status code, as RFC 6455 section 5.5.1 suggests.
-            self.write_close(frame.as_ref().map(|f| f.code), "");
-        }
+        // The reply waits until this event is taken (see `apply_peer_close`), so that
+        // messages that arrived before the Close can still be answered.
         self.peer_close = Some(frame.clone());
+        self.peer_close_at = Some(now);
         self.events.push_back(Event::Close(frame));
         self.phase = ReadPhase::Done;
-        self.state = State::Closed;
-        self.close_deadline = None;
         self.message = None;
         self.compressed = false;
         self.buf = Vec::new();
+    }
+
+    /// Completes the closing handshake once the peer's Close was taken from the queue:
+    /// echoes its status code (RFC 6455 section 5.5.1) unless our Close went out already.
+    fn apply_peer_close(&mut self) {
+        if !self.close_sent {
+            let code = self.peer_close.as_ref().and_then(|f| f.as_ref().map(|f| f.code));
+            self.write_close(code, "");
+        }
+        self.state = State::Closed;
+        self.close_deadline = None;
         match self.role {
             Role::Server => self.close_transport = true,
-            Role::Client => self.transport_deadline = Some(now + self.config.close_timeout),
+            // The server closes the transport first; wait for it, for a while.
+            Role::Client => match self.peer_close_at {
+                Some(at) => self.transport_deadline = Some(at + self.config.close_timeout),
+                None => self.close_transport = true,
+            },
         }
     }
 

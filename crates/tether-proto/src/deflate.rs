@@ -427,7 +427,13 @@ impl Codec {
                 Ok(_) => {}
             }
         };
-        if ok && out[start..].ends_with(&TAIL) {
+        if ok && out.len() == start {
+            // zlib emits nothing for a sync flush right after another one (an empty message
+            // after a message, with context takeover). An empty payload would make the
+            // peer read the appended tail as a block header: send an empty stored block
+            // (RFC 7692 section 7.2.3.6).
+            out.push(0x00);
+        } else if ok && out[start..].ends_with(&TAIL) {
             out.truncate(out.len() - TAIL.len());
         } else if !ok {
             out.truncate(start);
@@ -653,6 +659,24 @@ mod tests {
             for bits in [8, 9, 12, 15] {
                 round_trip(params(snct, cnct, bits, bits), &msgs);
             }
+        }
+    }
+
+    #[test]
+    fn empty_message_after_another_keeps_the_stream_in_step() {
+        // Regression: the empty message compressed to nothing and corrupted the next one.
+        let p = params(false, false, 12, 12);
+        let config = DeflateConfig::default();
+        let mut tx = Codec::new(Role::Server, p, &config);
+        let mut rx = Codec::new(Role::Client, p, &config);
+        for m in [&b"first message"[..], b"", b"", b"after the empty ones"] {
+            let mut wire = Vec::new();
+            assert!(tx.compress(m, &mut wire));
+            assert!(!wire.is_empty());
+            let mut plain = Vec::new();
+            rx.decompress(&wire, &mut plain, 1 << 20).unwrap();
+            rx.finish_message(&mut plain, 1 << 20).unwrap();
+            assert_eq!(plain, m);
         }
     }
 

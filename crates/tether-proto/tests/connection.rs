@@ -323,6 +323,37 @@ fn peer_initiated_close_is_echoed_and_server_closes_transport() {
 }
 
 #[test]
+fn messages_before_a_close_can_still_be_answered() {
+    // Regression: an echo server could not reply to messages that arrived in the same read
+    // as the client's Close, because the Close reply went out (and sending stopped) first.
+    let now = Instant::now();
+    let mut s = server(now);
+    let mut input = cframe(true, 1, b"one");
+    input.extend(cframe(true, 1, b"two"));
+    input.extend(cframe(true, 8, &1000u16.to_be_bytes()));
+    s.receive(&input, now);
+    assert_eq!(s.poll_event(), Some(Event::Text("one".into())));
+    s.send_text("echo one").unwrap();
+    assert_eq!(s.poll_event(), Some(Event::Text("two".into())));
+    s.send_text("echo two").unwrap();
+    assert_eq!(s.state(), State::Open);
+    assert!(matches!(s.poll_event(), Some(Event::Close(Some(_)))));
+    assert_eq!(s.state(), State::Closed);
+    assert!(s.send_text("too late").is_err());
+    assert_eq!(
+        decode_output(&mut s, now),
+        vec![
+            Event::Text("echo one".into()),
+            Event::Text("echo two".into()),
+            Event::Close(Some(CloseFrame {
+                code: 1000,
+                reason: String::new()
+            })),
+        ]
+    );
+}
+
+#[test]
 fn empty_close_is_echoed_empty_and_reports_1005() {
     let now = Instant::now();
     let mut s = server(now);
@@ -337,6 +368,7 @@ fn client_waits_for_server_to_close_transport_then_gives_up() {
     let t0 = Instant::now();
     let mut c = client(t0);
     c.receive(&raw_frame(true, 0, 8, None, &1000u16.to_be_bytes()), t0);
+    assert_eq!(events(&mut c).len(), 1);
     assert_eq!(c.state(), State::Closed);
     assert!(!c.wants_close_transport());
     let deadline = c.poll_timeout().unwrap();
@@ -361,6 +393,7 @@ fn local_close_completes_on_peer_close_or_times_out() {
     s.receive(&cframe(true, 1, b"in flight"), t0);
     assert_eq!(events(&mut s), vec![Event::Text("in flight".into())]);
     s.receive(&cframe(true, 8, &1000u16.to_be_bytes()), t0);
+    assert_eq!(events(&mut s).len(), 1);
     assert_eq!(s.state(), State::Closed);
     assert!(s.wants_close_transport());
     // Only our one Close frame went out.

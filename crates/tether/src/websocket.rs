@@ -683,6 +683,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsReceiver<S> {
     pub fn close_code(&self) -> u16 {
         self.shared.lock().proto.close_code()
     }
+
+    /// The peer's Close frame, if one arrived (`Some(None)`: a Close without status code).
+    pub fn close_frame(&self) -> Option<Option<CloseFrame>> {
+        self.shared.lock().proto.peer_close().map(|f| f.cloned())
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsReceiver<S> {

@@ -1,0 +1,258 @@
+//! `tether serve [ADDR]`: an echo server, or with `--broadcast` a relay to every client.
+//!
+//! `GET /healthz` answers 200 over plain HTTP, before (and so without) authentication. Ctrl-C
+//! or SIGTERM starts the library's graceful shutdown: every connection is closed with 1001.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal as _, Write as _};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tether::{HttpResponse, Message, Server, ServerConfig, ShutdownHandle, WebSocket};
+use tokio::sync::mpsc;
+
+use crate::args::ServeArgs;
+use crate::output::binary_summary;
+use crate::{EXIT_FATAL, EXIT_OK, EXIT_USAGE};
+
+/// Messages waiting for one slow broadcast receiver before further ones are dropped for it.
+const BROADCAST_BACKLOG: usize = 256;
+
+/// Runs `tether serve`; returns the exit status.
+pub(crate) async fn run(args: ServeArgs) -> i32 {
+    let log = Arc::new(Log::new(args.json));
+    // The health check comes first: it must answer without credentials.
+    let mut config = ServerConfig::default().process_request(|req| {
+        let path = req.path.split('?').next().unwrap_or(req.path);
+        (path == "/healthz").then(|| HttpResponse::text(200, "ok\n"))
+    });
+    if let Some((user, password)) = &args.auth {
+        config = config.basic_auth_user("tether", user, password);
+    }
+    let secure = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match tether::tls::server_config_from_pem_files(cert, key) {
+            Ok(tls) => {
+                config = config.tls(tls);
+                true
+            }
+            Err(e) => {
+                eprintln!(
+                    "tether serve: cannot use --tls-cert {} --tls-key {}: {e}",
+                    cert.display(),
+                    key.display()
+                );
+                return EXIT_USAGE;
+            }
+        },
+        _ => false,
+    };
+    let server = match Server::bind(args.addr.as_str(), config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tether serve: cannot listen on {}: {e}", args.addr);
+            return EXIT_FATAL;
+        }
+    };
+    let url = match server.local_addr() {
+        Ok(addr) => format!("{}://{addr}", if secure { "wss" } else { "ws" }),
+        Err(e) => {
+            eprintln!("tether serve: {e}");
+            return EXIT_FATAL;
+        }
+    };
+    // Always on stderr, whatever the output mode: scripts read the port from this line.
+    log.always(&format!("listening on {url}"));
+    log.event(json!({"event": "listening", "url": url}));
+    tokio::spawn(shutdown_on_signal(server.shutdown_handle(), log.clone()));
+
+    let peers: Peers = Arc::default();
+    let next_id = Arc::new(AtomicU64::new(0));
+    let broadcast = args.broadcast;
+    let result = server
+        .serve(move |ws, request| {
+            let log = log.clone();
+            let peers = peers.clone();
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let peer = ws.get_ref().tcp().peer_addr().ok();
+                log.connection(peer, &request.path);
+                let mut ws = ws;
+                if broadcast {
+                    relay(&mut ws, id, &peers, &log).await;
+                } else {
+                    echo(&mut ws, &log).await;
+                }
+                log.closed(peer, &ws);
+            }
+        })
+        .await;
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("tether serve: {e}");
+            EXIT_FATAL
+        }
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM, then shuts the server down gracefully.
+async fn shutdown_on_signal(handle: ShutdownHandle, log: Arc<Log>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    log.status("shutting down: closing every connection with 1001");
+    log.event(json!({"event": "shutdown"}));
+    handle.shutdown();
+}
+
+/// Sends every message back to its sender.
+async fn echo(ws: &mut WebSocket, log: &Log) {
+    while let Some(received) = ws.recv().await {
+        match received {
+            Ok(msg) => {
+                log.message(&msg);
+                // A failed send means the connection is closing (the client's Close may have
+                // arrived with its last messages): keep receiving to finish the handshake.
+                let _ = ws.send(msg).await;
+            }
+            // The connection is closing; recv returns None next.
+            Err(e) => log.status(&format!("connection error: {e}")),
+        }
+    }
+}
+
+/// The outboxes of the clients connected in `--broadcast` mode.
+type Peers = Arc<Mutex<HashMap<u64, mpsc::Sender<Message>>>>;
+
+/// Relays every message from this client to all clients (itself included), and what others
+/// send to this client.
+async fn relay(ws: &mut WebSocket, id: u64, peers: &Peers, log: &Log) {
+    let (tx, mut outbox) = mpsc::channel(BROADCAST_BACKLOG);
+    lock(peers).insert(id, tx);
+    loop {
+        tokio::select! {
+            received = ws.recv() => match received {
+                Some(Ok(msg)) => {
+                    log.message(&msg);
+                    let targets: Vec<_> = lock(peers).values().cloned().collect();
+                    for target in targets {
+                        // A client that does not keep up loses messages instead of slowing
+                        // everyone down.
+                        if let Err(mpsc::error::TrySendError::Full(_)) = target.try_send(msg.clone()) {
+                            log.status("a slow client missed a broadcast message");
+                        }
+                    }
+                }
+                Some(Err(e)) => log.status(&format!("connection error: {e}")),
+                None => break,
+            },
+            Some(msg) = outbox.recv() => {
+                if ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    lock(peers).remove(&id);
+    // Finish the closing handshake if sending failed first.
+    while ws.recv().await.is_some() {}
+}
+
+fn lock(peers: &Peers) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Message>>> {
+    // The map stays consistent whatever panicked while holding the lock.
+    peers.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The server's log: status lines on stderr (dim on a terminal), JSON events on stdout with
+/// `--json`.
+#[derive(Debug)]
+struct Log {
+    json: bool,
+    dim: bool,
+}
+
+impl Log {
+    fn new(json: bool) -> Self {
+        let dim = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        Self { json, dim }
+    }
+
+    /// A status line on stderr, in every mode.
+    fn always(&self, text: &str) {
+        let mut err = std::io::stderr().lock();
+        if self.dim {
+            let _ = writeln!(err, "\x1b[2m{text}\x1b[0m");
+        } else {
+            let _ = writeln!(err, "{text}");
+        }
+    }
+
+    /// A status line on stderr, without `--json`.
+    fn status(&self, text: &str) {
+        if !self.json {
+            self.always(text);
+        }
+    }
+
+    /// A JSON event on stdout, with `--json`.
+    fn event(&self, value: Value) {
+        if self.json {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{value}");
+            let _ = out.flush();
+        }
+    }
+
+    fn connection(&self, peer: Option<SocketAddr>, path: &str) {
+        let peer = peer.map(|p| p.to_string());
+        self.event(json!({"event": "connection", "peer": peer, "path": path}));
+        self.status(&format!(
+            "connection from {} to {path}",
+            peer.as_deref().unwrap_or("?")
+        ));
+    }
+
+    fn message(&self, msg: &Message) {
+        let (kind, data) = match msg {
+            Message::Text(t) => ("text", t.clone()),
+            Message::Binary(b) => (
+                "binary",
+                base64::engine::general_purpose::STANDARD.encode(b),
+            ),
+        };
+        self.event(json!({"event": "message", "kind": kind, "data": data}));
+        if !self.json {
+            match msg {
+                Message::Text(t) => self.status(&format!("< {t}")),
+                Message::Binary(b) => self.status(&format!("< {}", binary_summary(b))),
+            }
+        }
+    }
+
+    fn closed(&self, peer: Option<SocketAddr>, ws: &WebSocket) {
+        let peer = peer.map(|p| p.to_string());
+        let code = ws.close_code();
+        self.event(json!({"event": "closed", "peer": peer, "code": code}));
+        self.status(&format!(
+            "{} closed {code}",
+            peer.as_deref().unwrap_or("connection")
+        ));
+    }
+}

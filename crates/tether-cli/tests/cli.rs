@@ -1,0 +1,958 @@
+//! End-to-end tests of the `tether` binary: exit statuses, JSON events, retries, queued lines,
+//! `serve` and `demo`. Each test waits for the child's output lines (with deadlines) rather
+//! than sleeping, and children are killed when their handle is dropped.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tether::{Message, ServerConfig};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// Longest wait for any one expected line or exit.
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// A running `tether` process; killed on drop.
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn forward_lines(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with(args, Stdio::piped())
+    }
+
+    fn spawn_with(args: &[&str], stdin: Stdio) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(args)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("NO_COLOR", "1")
+            .spawn()
+            .expect("the tether binary runs");
+        let stdout = forward_lines(child.stdout.take().expect("piped stdout"));
+        let stderr = forward_lines(child.stderr.take().expect("piped stderr"));
+        Self {
+            stdin: child.stdin.take(),
+            child,
+            stdout,
+            stderr,
+            seen: Vec::new(),
+        }
+    }
+
+    fn write(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        stdin.write_all(text.as_bytes()).expect("write to stdin");
+        stdin.flush().expect("flush stdin");
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// The next stdout line, or `None` at end of output or after `PATIENCE`.
+    fn next_line(&mut self) -> Option<String> {
+        match self.stdout.recv_timeout(PATIENCE) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                Some(line)
+            }
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "no stdout line within {PATIENCE:?}; so far: {:#?}",
+                self.seen
+            ),
+            Err(RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// The next JSON event on stdout.
+    fn next_event(&mut self) -> Value {
+        let line = self
+            .next_line()
+            .unwrap_or_else(|| panic!("stdout ended; so far: {:#?}", self.seen));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+    }
+
+    /// The next event, which must be called `name`.
+    fn expect_event(&mut self, name: &str) -> Value {
+        let event = self.next_event();
+        assert_eq!(event["event"], name, "{event}; so far: {:#?}", self.seen);
+        event
+    }
+
+    /// Skips events until one called `name`.
+    fn wait_event(&mut self, name: &str) -> Value {
+        loop {
+            let event = self.next_event();
+            if event["event"] == name {
+                return event;
+            }
+        }
+    }
+
+    /// The stderr line containing `needle` (lines before it are skipped).
+    fn wait_stderr(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => skipped.push(line),
+                Err(_) => panic!("no stderr line with {needle:?}; saw {skipped:#?}"),
+            }
+        }
+    }
+
+    /// The exit status, waiting at most `PATIENCE`.
+    fn wait_exit(&mut self) -> i32 {
+        self.close_stdin();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code().expect("exited normally, not by a signal");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {PATIENCE:?}; stdout so far: {:#?}",
+                self.seen
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The rest of stdout, after the process ended.
+    fn rest_of_stdout(&mut self) -> Vec<String> {
+        let mut rest = Vec::new();
+        while let Some(line) = self.next_line() {
+            rest.push(line);
+        }
+        rest
+    }
+}
+
+/// `tether serve 127.0.0.1:0 ARGS`, and the port it reports on stderr.
+fn serve(args: &[&str]) -> (Proc, u16) {
+    let mut all = vec!["serve", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let mut proc = Proc::spawn(&all);
+    let line = proc.wait_stderr("listening on ");
+    let scheme = if args.contains(&"--tls-cert") {
+        "wss"
+    } else {
+        "ws"
+    };
+    assert!(
+        line.starts_with(&format!("listening on {scheme}://127.0.0.1:")),
+        "{line}"
+    );
+    let port = line
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    (proc, port)
+}
+
+/// A port with nothing listening on it (bound, then released).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Runs `server` on a runtime of its own, in a thread of its own.
+fn in_thread<F>(server: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(server);
+    });
+}
+
+/// Reads an HTTP request head from `tcp`.
+async fn read_head(tcp: &mut tokio::net::TcpStream) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+            return;
+        }
+        head.push(byte[0]);
+    }
+}
+
+/// The arguments of a quick reconnecting client: small waits, JSON events.
+fn quick(url: &str, more: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "connect",
+        url,
+        "--json",
+        "--reconnect",
+        "--backoff-initial",
+        "0.1",
+        "--backoff-min",
+        "0.1",
+        "--backoff-max",
+        "0.2",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    args.extend(more.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+fn spawn_owned(args: &[String]) -> Proc {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::spawn(&args)
+}
+
+// ----- connect against serve -----
+
+#[test]
+fn connect_and_serve_round_trip_json() {
+    let (_server, port) = serve(&[]);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let mut client = Proc::spawn(&["connect", &url, "--json"]);
+    client.write("hello\nworld\n");
+    client.close_stdin();
+    let connecting = client.expect_event("connecting");
+    assert_eq!(connecting["attempt"], 1);
+    assert_eq!(connecting["url"], url.as_str());
+    let open = client.expect_event("open");
+    assert_eq!(open["attempt"], 1);
+    assert!(open["subprotocol"].is_null());
+    for word in ["hello", "world"] {
+        let msg = client.expect_event("message");
+        assert_eq!(msg["kind"], "text");
+        assert_eq!(msg["data"], word);
+    }
+    let closed = client.expect_event("closed");
+    assert_eq!(closed["code"], 1000);
+    assert_eq!(closed["reason"], "");
+    assert_eq!(client.wait_exit(), 0);
+    assert!(client.rest_of_stdout().is_empty());
+}
+
+#[test]
+fn end_of_input_keeps_replies_to_the_last_lines() {
+    // The Close goes out only after the server has seen the lines, so their echoes arrive.
+    let (_server, port) = serve(&[]);
+    let url = format!("ws://127.0.0.1:{port}/");
+    for _ in 0..5 {
+        let mut client = Proc::spawn(&["connect", &url, "--json"]);
+        client.write("a\nb\nc\n");
+        assert_eq!(client.wait_exit(), 0);
+        let data: Vec<String> = client
+            .rest_of_stdout()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["event"] == "message")
+            .map(|e| e["data"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(data, ["a", "b", "c"]);
+    }
+}
+
+#[test]
+fn human_output_prints_text_on_stdout_and_status_on_stderr() {
+    let (_server, port) = serve(&[]);
+    let url = format!("ws://127.0.0.1:{port}");
+    let mut client = Proc::spawn(&["connect", &url]);
+    client.write("hello\n");
+    assert_eq!(client.next_line().as_deref(), Some("hello"));
+    client.wait_stderr("connecting to ws://127.0.0.1:");
+    client.wait_stderr("connected");
+    assert_eq!(client.wait_exit(), 0);
+    client.wait_stderr("closed 1000");
+}
+
+#[test]
+fn broadcast_reaches_every_client() {
+    let (_server, port) = serve(&["--broadcast"]);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let mut listener = Proc::spawn(&["connect", &url, "--json"]);
+    listener.expect_event("connecting");
+    listener.expect_event("open");
+    let mut talker = Proc::spawn(&["connect", &url, "--json"]);
+    talker.write("to everyone\n");
+    // The sender gets its own message too.
+    assert_eq!(talker.wait_event("message")["data"], "to everyone");
+    assert_eq!(listener.expect_event("message")["data"], "to everyone");
+    assert_eq!(talker.wait_exit(), 0);
+    assert_eq!(listener.wait_exit(), 0);
+}
+
+// ----- exit statuses -----
+
+#[test]
+fn http_401_is_fatal_with_status_1() {
+    let (_server, port) = serve(&["--auth", "user:pass"]);
+    let url = format!("ws://127.0.0.1:{port}/");
+    // With --reconnect too: 401 is not retried.
+    for reconnect in [false, true] {
+        let mut args = vec!["connect", url.as_str(), "--json"];
+        if reconnect {
+            args.push("--reconnect");
+        }
+        let mut client = Proc::spawn_with(&args, Stdio::null());
+        client.expect_event("connecting");
+        let fatal = client.expect_event("fatal");
+        assert_eq!(fatal["attempt"], 1);
+        assert_eq!(fatal["error"]["kind"], "status");
+        assert_eq!(fatal["error"]["status"], 401);
+        let message = fatal["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("401"), "{message}");
+        assert!(
+            message.contains("WWW-Authenticate: Basic realm=\"tether\""),
+            "{message}"
+        );
+        assert_eq!(client.wait_exit(), 1);
+    }
+}
+
+#[test]
+fn fatal_is_explained_on_stderr_without_json() {
+    let (_server, port) = serve(&["--auth", "user:pass"]);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let mut client = Proc::spawn_with(&["connect", &url], Stdio::null());
+    let line = client.wait_stderr("fatal:");
+    assert!(line.contains("HTTP 401 Unauthorized"), "{line}");
+    assert!(line.contains("WWW-Authenticate: Basic realm="), "{line}");
+    assert_eq!(client.wait_exit(), 1);
+}
+
+#[test]
+fn credentials_in_the_url_are_accepted() {
+    let (_server, port) = serve(&["--auth", "user:pass"]);
+    let url = format!("ws://user:pass@127.0.0.1:{port}/");
+    let mut client = Proc::spawn(&["connect", &url, "--json"]);
+    client.write("let me in\n");
+    // The password is not printed.
+    let connecting = client.expect_event("connecting");
+    assert_eq!(
+        connecting["url"],
+        format!("ws://user:***@127.0.0.1:{port}/").as_str()
+    );
+    client.expect_event("open");
+    assert_eq!(client.expect_event("message")["data"], "let me in");
+    assert_eq!(client.wait_exit(), 0);
+}
+
+#[test]
+fn max_attempts_exhausted_is_status_1() {
+    let url = format!("ws://127.0.0.1:{}/", free_port());
+    let args = quick(&url, &["--max-attempts", "2"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut client = Proc::spawn_with(&args, Stdio::null());
+    assert_eq!(client.expect_event("connecting")["attempt"], 1);
+    let retry = client.expect_event("retry");
+    assert_eq!(retry["attempt"], 1);
+    let delay = retry["delay"].as_f64().expect("delay is a number");
+    assert!((0.0..=0.1).contains(&delay), "{retry}");
+    assert_eq!(retry["error"]["kind"], "io");
+    assert!(retry["error"].get("status").is_none(), "{retry}");
+    assert_eq!(client.expect_event("connecting")["attempt"], 2);
+    let fatal = client.expect_event("fatal");
+    assert_eq!(fatal["attempt"], 2);
+    assert_eq!(fatal["error"]["kind"], "io");
+    assert_eq!(client.wait_exit(), 1);
+}
+
+#[test]
+fn without_reconnect_a_refused_connection_is_status_1() {
+    let url = format!("ws://127.0.0.1:{}/", free_port());
+    let mut client = Proc::spawn_with(&["connect", &url, "--json"], Stdio::null());
+    client.expect_event("connecting");
+    let fatal = client.expect_event("fatal");
+    assert_eq!(fatal["error"]["kind"], "io");
+    assert_eq!(client.wait_exit(), 1);
+}
+
+#[test]
+fn usage_errors_are_status_2_and_attempt_nothing() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let http = format!("http://127.0.0.1:{port}/");
+    let ws = format!("ws://127.0.0.1:{port}/");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["connect", &http],
+        vec!["connect", "http://x"],
+        vec!["connect", "not a url"],
+        vec!["connect", &ws, "--no-such-flag"],
+        vec!["connect", &ws, "--header", "no colon"],
+        vec!["connect", &ws, "--max-attempts", "0"],
+        vec!["connect", &ws, "--open-timeout", "-1"],
+        vec!["connect", &ws, "--backoff-factor", "0.5"],
+        vec!["connect", &ws, "--retry-on", "42"],
+        vec!["connect", &ws, "--ca", "/nonexistent/ca.pem"],
+        vec!["connect"],
+        vec![
+            "serve",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+        ],
+        vec!["no-such-command"],
+    ];
+    for args in cases {
+        let mut proc = Proc::spawn_with(&args, Stdio::null());
+        assert_eq!(proc.wait_exit(), 2, "{args:?}");
+        assert!(proc.rest_of_stdout().is_empty(), "{args:?}");
+    }
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("a connection was attempted: {other:?}"),
+    }
+}
+
+#[test]
+fn help_and_version_are_status_0() {
+    for args in [&["--help"][..], &["connect", "--help"], &["--version"]] {
+        let mut proc = Proc::spawn_with(args, Stdio::null());
+        assert_eq!(proc.wait_exit(), 0, "{args:?}");
+    }
+    let mut help = Proc::spawn_with(&["connect", "--help"], Stdio::null());
+    let text = help.rest_of_stdout().join("\n");
+    for flag in [
+        "--reconnect",
+        "--json",
+        "--header",
+        "--subprotocol",
+        "--open-timeout",
+        "--ping-interval",
+        "--ping-timeout",
+        "--close-timeout",
+        "--backoff-initial",
+        "--backoff-min",
+        "--backoff-factor",
+        "--backoff-max",
+        "--min-uptime",
+        "--max-attempts",
+        "--echo",
+        "--max-size",
+        "--no-compression",
+        "--retry-on",
+        "--fatal-on",
+        "1024 lines",
+    ] {
+        assert!(text.contains(flag), "--help does not mention {flag}");
+    }
+}
+
+// ----- retries, against scripted servers -----
+
+/// Answers 503 with Retry-After: 1, then accepts and echoes one message and drops the TCP
+/// connection, then accepts and echoes until closed.
+fn flaky_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    in_thread(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        let (mut tcp, _) = listener.accept().await.expect("accept 1");
+        read_head(&mut tcp).await;
+        let answer = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+                      Content-Length: 0\r\nConnection: close\r\n\r\n";
+        let _ = tcp.write_all(answer.as_bytes()).await;
+        drop(tcp);
+        let config = ServerConfig::default();
+        let (tcp, _) = listener.accept().await.expect("accept 2");
+        let (mut ws, _) = tether::accept(tcp, &config)
+            .await
+            .expect("upgrade 2")
+            .expect("upgraded 2");
+        if let Some(Ok(msg)) = ws.recv().await {
+            let _ = ws.send(msg).await;
+        }
+        // Drop without a closing handshake.
+        drop(ws);
+        let (tcp, _) = listener.accept().await.expect("accept 3");
+        let (mut ws, _) = tether::accept(tcp, &config)
+            .await
+            .expect("upgrade 3")
+            .expect("upgraded 3");
+        while let Some(Ok(msg)) = ws.recv().await {
+            let _ = ws.send(msg).await;
+        }
+    });
+    addr
+}
+
+#[test]
+fn retry_after_503_then_open_drop_and_reopen() {
+    let addr = flaky_server();
+    let url = format!("ws://{addr}/");
+    let mut client = spawn_owned(&quick(&url, &[]));
+    let started = Instant::now();
+    assert_eq!(client.expect_event("connecting")["attempt"], 1);
+    let retry = client.expect_event("retry");
+    assert_eq!(retry["attempt"], 1);
+    assert_eq!(retry["error"]["kind"], "status");
+    assert_eq!(retry["error"]["status"], 503);
+    let delay = retry["delay"].as_f64().expect("delay");
+    assert!(delay >= 1.0, "Retry-After: 1 is a floor: {retry}");
+    assert_eq!(client.expect_event("connecting")["attempt"], 2);
+    assert_eq!(client.expect_event("open")["attempt"], 2);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+
+    client.write("first\n");
+    assert_eq!(client.expect_event("message")["data"], "first");
+    let closed = client.expect_event("closed");
+    assert_eq!(closed["code"], 1006, "no closing handshake: {closed}");
+    // Open for less than the minimum uptime: reported as a retry with attempt 0.
+    let short = client.expect_event("retry");
+    assert_eq!(short["attempt"], 0);
+    assert_eq!(short["error"]["kind"], "closed");
+    assert!(short["delay"].as_f64().is_some(), "{short}");
+    assert_eq!(client.expect_event("connecting")["attempt"], 1);
+    assert_eq!(client.expect_event("open")["attempt"], 1);
+
+    client.write("second\n");
+    assert_eq!(client.expect_event("message")["data"], "second");
+    client.close_stdin();
+    assert_eq!(client.expect_event("closed")["code"], 1000);
+    assert_eq!(client.wait_exit(), 0);
+}
+
+#[test]
+fn retry_on_and_fatal_on_change_the_policy() {
+    // 429 is fatal by default; --retry-on makes it retryable. 503 is retried by default;
+    // --fatal-on makes it fatal.
+    for (status, flag, first_event) in [
+        ("429 Too Many Requests", "--retry-on", "retry"),
+        ("503 Service Unavailable", "--fatal-on", "fatal"),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+        in_thread(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                read_head(&mut tcp).await;
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            }
+        });
+        let code = &status[..3];
+        let url = format!("ws://{addr}/");
+        let args = quick(&url, &[flag, code, "--max-attempts", "2"]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut client = Proc::spawn_with(&args, Stdio::null());
+        client.expect_event("connecting");
+        let event = client.expect_event(first_event);
+        assert_eq!(event["error"]["status"].to_string(), code);
+        assert_eq!(client.wait_exit(), 1);
+    }
+}
+
+#[test]
+fn lines_typed_while_disconnected_are_delivered_in_order() {
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let mut client = spawn_owned(&quick(&url, &[]));
+    client.expect_event("connecting");
+    client.write("one\ntwo\nthree\n");
+    // Two failed attempts after the lines were written: they are queued by now.
+    client.wait_event("retry");
+    client.wait_event("retry");
+
+    let (tx, received) = channel();
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the reserved port");
+    listener.set_nonblocking(true).expect("nonblocking");
+    in_thread(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+        let server = tether::Server::from_listener(listener, ServerConfig::default());
+        let _ = server
+            .serve(move |mut ws, _| {
+                let tx = tx.clone();
+                async move {
+                    while let Some(Ok(msg)) = ws.recv().await {
+                        let _ = tx.send(msg);
+                    }
+                }
+            })
+            .await;
+    });
+    client.wait_event("open");
+    for word in ["one", "two", "three"] {
+        let msg = received.recv_timeout(PATIENCE).expect("a line arrives");
+        assert_eq!(msg, Message::text(word));
+    }
+    client.write("four\n");
+    assert_eq!(
+        received.recv_timeout(PATIENCE).expect("a line arrives"),
+        Message::text("four")
+    );
+    assert_eq!(client.wait_exit(), 0);
+    assert_eq!(client.wait_event("closed")["code"], 1000);
+}
+
+#[test]
+fn echo_sends_messages_back_and_the_server_closing_is_status_0() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let (tx, echoed) = channel();
+    in_thread(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let (mut ws, _) = tether::accept(tcp, &ServerConfig::default())
+            .await
+            .expect("upgrade")
+            .expect("upgraded");
+        let sent = [Message::text("ping me"), Message::binary(vec![1u8, 2, 3])];
+        for msg in &sent {
+            ws.send(msg.clone()).await.expect("send");
+        }
+        for _ in &sent {
+            if let Some(Ok(msg)) = ws.recv().await {
+                let _ = tx.send(msg);
+            }
+        }
+        let _ = ws.close(4000, "done").await;
+    });
+    let url = format!("ws://{addr}/");
+    let mut client = Proc::spawn(&["connect", &url, "--json", "--echo"]);
+    client.expect_event("connecting");
+    client.expect_event("open");
+    let text = client.expect_event("message");
+    assert_eq!(
+        (&text["kind"], &text["data"]),
+        (&"text".into(), &"ping me".into())
+    );
+    let binary = client.expect_event("message");
+    assert_eq!(
+        (&binary["kind"], &binary["data"]),
+        (&"binary".into(), &"AQID".into())
+    );
+    assert_eq!(
+        echoed.recv_timeout(PATIENCE).expect("echo"),
+        Message::text("ping me")
+    );
+    assert_eq!(
+        echoed.recv_timeout(PATIENCE).expect("echo"),
+        Message::binary(vec![1u8, 2, 3])
+    );
+    let closed = client.expect_event("closed");
+    assert_eq!(closed["code"], 4000);
+    assert_eq!(closed["reason"], "done");
+    // Without --reconnect, the server closing ends the run with 0 (stdin still open).
+    let deadline = Instant::now() + PATIENCE;
+    while client.child.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "still running");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(client.wait_exit(), 0);
+}
+
+// ----- serve -----
+
+#[test]
+fn healthz_answers_200_over_plain_http_even_with_auth() {
+    for args in [&[][..], &["--auth", "user:pass"]] {
+        let (_server, port) = serve(args);
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        tcp.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("write");
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        assert_eq!(body.trim(), "ok");
+    }
+}
+
+#[test]
+fn serve_shuts_down_gracefully_on_ctrl_c() {
+    let (mut server, port) = serve(&[]);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let mut client = Proc::spawn(&["connect", &url, "--json"]);
+    client.expect_event("connecting");
+    client.expect_event("open");
+    server.wait_stderr("connection from");
+    let pid = server.child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    // Every connection is closed with 1001 (going away).
+    assert_eq!(client.expect_event("closed")["code"], 1001);
+    assert_eq!(client.wait_exit(), 0);
+    assert_eq!(server.wait_exit(), 0);
+}
+
+// ----- demo -----
+
+#[test]
+fn demo_shows_every_stage_and_exits_0() {
+    let mut demo = Proc::spawn_with(&["demo"], Stdio::null());
+    let started = Instant::now();
+    let mut output = Vec::new();
+    while let Some(line) = demo.next_line() {
+        output.push(line);
+    }
+    assert_eq!(demo.wait_exit(), 0, "{output:#?}");
+    assert!(started.elapsed() < Duration::from_secs(15), "too slow");
+    let text = output.join("\n");
+    let timeline: Vec<&String> = output.iter().filter(|l| l.starts_with('+')).collect();
+    let has = |needle: &str| timeline.iter().any(|l| l.contains(needle));
+    assert!(has("connection refused"), "{text}");
+    assert!(has("503 Service Unavailable"), "{text}");
+    assert!(has("Retry-After"), "{text}");
+    assert!(has("connected"), "{text}");
+    assert!(has("received \"echo: hello 1\""), "{text}");
+    assert!(has("dropped"), "{text}");
+    assert!(has("1006"), "{text}");
+    assert!(has("401 Unauthorized"), "{text}");
+    assert!(has("fatal"), "{text}");
+    assert!(has("WWW-Authenticate: Basic realm="), "{text}");
+    // Stages in order.
+    let first = |needle: &str| {
+        timeline
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or(usize::MAX)
+    };
+    assert!(first("connection refused") < first("503"));
+    assert!(first("503") < first("echo: hello"));
+    assert!(first("echo: hello") < first("dropped"));
+    assert!(first("dropped") < first("fatal"));
+    // It says the waits are shortened, and what the defaults are, and where to change them.
+    assert!(text.contains("shortened"), "{text}");
+    assert!(text.contains("3.1 s"), "{text}");
+    assert!(text.contains("tether::reconnect::Policy"), "{text}");
+    assert!(text.contains("--min-uptime"), "{text}");
+}
+
+#[test]
+fn headers_and_subprotocols_are_sent_on_every_attempt() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let (tx, heads) = channel();
+    in_thread(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && tcp.read(&mut byte).await.unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+            let answer = "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n";
+            let _ = tcp.write_all(answer.as_bytes()).await;
+        }
+    });
+    let url = format!("ws://{addr}/path?q=1");
+    let args = quick(
+        &url,
+        &[
+            "-H",
+            "X-Token: abc",
+            "--header",
+            "X-Other:two words",
+            "--subprotocol",
+            "chat",
+            "--subprotocol",
+            "superchat",
+            "--max-attempts",
+            "2",
+        ],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut client = Proc::spawn_with(&args, Stdio::null());
+    for _ in 0..2 {
+        let head = heads.recv_timeout(PATIENCE).expect("a request");
+        let lower = head.to_ascii_lowercase();
+        assert!(head.starts_with("GET /path?q=1 HTTP/1.1\r\n"), "{head}");
+        assert!(lower.contains("x-token: abc\r\n"), "{head}");
+        assert!(lower.contains("x-other: two words\r\n"), "{head}");
+        assert!(
+            lower.contains("sec-websocket-protocol: chat, superchat"),
+            "{head}"
+        );
+    }
+    let fatal = client.wait_event("fatal");
+    assert_eq!(fatal["error"]["status"], 502);
+    assert_eq!(client.wait_exit(), 1);
+}
+
+/// The request head the client sends with these extra flags (the server answers 404).
+fn request_head(extra: &[&str]) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let (tx, heads) = channel();
+    in_thread(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+        if let Ok((mut tcp, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && tcp.read(&mut byte).await.unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+            let answer = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+            let _ = tcp.write_all(answer.as_bytes()).await;
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let args = quick(&url, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut client = Proc::spawn_with(&args, Stdio::null());
+    let head = heads.recv_timeout(PATIENCE).expect("a request");
+    assert_eq!(client.wait_exit(), 1);
+    head.to_ascii_lowercase()
+}
+
+#[test]
+fn compression_is_offered_unless_no_compression() {
+    let offered = request_head(&[]);
+    assert!(
+        offered.contains("sec-websocket-extensions: permessage-deflate"),
+        "{offered}"
+    );
+    let plain = request_head(&["--no-compression"]);
+    assert!(!plain.contains("sec-websocket-extensions"), "{plain}");
+}
+
+#[test]
+fn a_full_queue_drops_the_oldest_lines_with_a_warning() {
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let mut client = spawn_owned(&quick(&url, &[]));
+    client.expect_event("connecting");
+    let lines: String = (0..1030).map(|i| format!("l{i}\n")).collect();
+    client.write(&lines);
+    for _ in 0..6 {
+        let warning = client.wait_event("warning");
+        assert!(
+            warning["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("1024"),
+            "{warning}"
+        );
+    }
+    let (tx, received) = channel();
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the reserved port");
+    listener.set_nonblocking(true).expect("nonblocking");
+    in_thread(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let (mut ws, _) = tether::accept(tcp, &ServerConfig::default())
+            .await
+            .expect("upgrade")
+            .expect("upgraded");
+        while let Some(Ok(msg)) = ws.recv().await {
+            let _ = tx.send(msg);
+        }
+    });
+    for i in 6..1030 {
+        let msg = received.recv_timeout(PATIENCE).expect("a line arrives");
+        assert_eq!(msg, Message::text(format!("l{i}")));
+    }
+    assert_eq!(client.wait_exit(), 0);
+}
+
+// ----- TLS -----
+
+/// A private CA and a certificate for `localhost` it signed, as PEM files in a fresh
+/// directory: (directory, ca.pem, cert.pem, key.pem).
+fn make_pki(tag: &str) -> (std::path::PathBuf, String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tether cli test CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    params.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &issuer).expect("cert");
+
+    let dir = std::env::temp_dir().join(format!("tether-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).expect("write PEM");
+        path.to_string_lossy().into_owned()
+    };
+    let ca = write("ca.pem", ca_cert.pem());
+    let cert = write("cert.pem", cert.pem());
+    let key = write("key.pem", key.serialize_pem());
+    (dir, ca, cert, key)
+}
+
+#[test]
+fn wss_with_a_private_ca_or_insecure() {
+    let (dir, ca, cert, key) = make_pki("wss");
+    let (_server, port) = serve(&["--tls-cert", &cert, "--tls-key", &key]);
+    let url = format!("wss://localhost:{port}/");
+
+    // Trusted through --ca.
+    let mut client = Proc::spawn(&["connect", &url, "--json", "--ca", &ca]);
+    client.write("secret\n");
+    client.expect_event("connecting");
+    client.expect_event("open");
+    assert_eq!(client.expect_event("message")["data"], "secret");
+    assert_eq!(client.wait_exit(), 0);
+
+    // Not trusted: fatal, status 1.
+    let mut client = Proc::spawn_with(&["connect", &url, "--json", "--reconnect"], Stdio::null());
+    client.expect_event("connecting");
+    let fatal = client.expect_event("fatal");
+    assert_eq!(fatal["error"]["kind"], "tls", "{fatal}");
+    assert_eq!(client.wait_exit(), 1);
+
+    // --insecure accepts any certificate.
+    let mut client = Proc::spawn(&["connect", &url, "--json", "--insecure"]);
+    client.write("anyway\n");
+    client.expect_event("connecting");
+    client.expect_event("open");
+    assert_eq!(client.expect_event("message")["data"], "anyway");
+    assert_eq!(client.wait_exit(), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
