@@ -2,8 +2,11 @@
 # The whole test suite, on a bare machine (Rust toolchain and Python 3 with venv/pip):
 #
 #   1. a Python venv in .venv-test with the test peers (kosoku, websockets), made if missing;
-#   2. cargo test --workspace (the interop tests find Python through TETHER_PYTHON);
-#   3. the Autobahn test suite against the release examples, server role and client role.
+#   2. the browser test's peer, installed if missing: Chromium (Debian's `chromium`, with
+#      apt-get; needs root) and playwright-core (`npm ci` in crates/tether/tests/browser);
+#      node itself (>= 20) must be there already;
+#   3. cargo test --workspace (the interop tests find Python through TETHER_PYTHON);
+#   4. the Autobahn test suite against the release examples, server role and client role.
 #
 # cargo test and each Autobahn role are a gate (a failed release build of the examples counts
 # as one failed gate instead of the two roles); the last line says how many gates passed and
@@ -112,12 +115,74 @@ fi
 "$VENV/bin/python" -c 'import websockets; print("websockets", websockets.__version__)'
 export TETHER_PYTHON="$VENV/bin/python"
 
-# --- 2. cargo test -------------------------------------------------------------------------
+# --- 2. Chromium and playwright-core for the browser test ---------------------------------
+# A failure here is reported but does not stop the run: the browser test then fails (it never
+# skips) and says what is missing, and every other test still runs.
+CHROMIUM=/usr/bin/chromium
+BROWSER_ASSETS="$ROOT/crates/tether/tests/browser"
+
+retry() {
+    # retry WHAT COMMAND...: up to 3 attempts, with a pause between them.
+    local what="$1" attempt
+    shift
+    for attempt in 1 2 3; do
+        if run "$@" </dev/null; then
+            return 0
+        fi
+        echo "$what failed (attempt $attempt of 3)" >&2
+        [[ $attempt -lt 3 ]] && sleep $((attempt * 5))
+    done
+    return 1
+}
+
+setup_chromium() {
+    if [[ -x "$CHROMIUM" ]]; then
+        echo "chromium already installed: $CHROMIUM"
+        return 0
+    fi
+    local sudo=()
+    if [[ $EUID -ne 0 ]]; then
+        sudo=(sudo -n)
+    fi
+    echo "installing chromium (apt-get)"
+    retry "apt-get update" "${sudo[@]+"${sudo[@]}"}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get update -q &&
+        retry "apt-get install chromium" "${sudo[@]+"${sudo[@]}"}" \
+            env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium &&
+        [[ -x "$CHROMIUM" ]]
+}
+
+setup_playwright() {
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        echo "node and npm (node >= 20) are needed for the browser test and were not found" >&2
+        return 1
+    fi
+    echo "node $(node --version), npm $(npm --version)"
+    if [[ -f "$BROWSER_ASSETS/node_modules/playwright-core/package.json" ]]; then
+        echo "playwright-core already installed in $BROWSER_ASSETS/node_modules"
+        return 0
+    fi
+    echo "installing playwright-core into $BROWSER_ASSETS/node_modules (npm ci)"
+    # playwright-core downloads no browser; the variable makes sure of it.
+    retry "npm ci" env -C "$BROWSER_ASSETS" PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 \
+        npm ci --no-audit --no-fund --loglevel=error &&
+        [[ -f "$BROWSER_ASSETS/node_modules/playwright-core/package.json" ]]
+}
+
+section "browser test peer (chromium, playwright-core)"
+if ! setup_chromium; then
+    echo "could not install chromium: the browser test will fail" >&2
+fi
+if ! setup_playwright; then
+    echo "could not install playwright-core: the browser test will fail" >&2
+fi
+
+# --- 3. cargo test -------------------------------------------------------------------------
 # --no-fail-fast: a failing test binary does not hide the results of the others.
 gate "cargo test --workspace" \
     timeout --kill-after=30 "$CARGO_TEST_LIMIT" cargo test --workspace --no-fail-fast </dev/null
 
-# --- 3. Autobahn, both roles -------------------------------------------------------------
+# --- 4. Autobahn, both roles -------------------------------------------------------------
 section "cargo build --release -p tether --examples"
 if run timeout --kill-after=30 "$BUILD_LIMIT" \
     cargo build --release -p tether --examples </dev/null; then

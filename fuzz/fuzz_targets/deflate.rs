@@ -19,6 +19,17 @@ fuzz_target!(|data: &[u8]| {
             assert!(response.starts_with("permessage-deflate"));
             assert!((8..=15).contains(&params.server_max_window_bits));
             assert!((8..=15).contains(&params.client_max_window_bits));
+            // The response must be one the offering client accepts, with the same parameters.
+            // A client that asked for nothing and allows any window accepts every valid
+            // answer, so it stands in for whichever client made this offer.
+            let client = DeflateConfig {
+                server_no_context_takeover: false,
+                client_no_context_takeover: false,
+                server_max_window_bits: 15,
+                client_max_window_bits: 15,
+                ..DeflateConfig::default()
+            };
+            assert_eq!(client.client_accept(&response), Ok(params), "{response}");
         }
     }
 });

@@ -9,12 +9,18 @@
 //! (`scripts/test.sh` creates that venv and installs `websockets` into it). Without a usable
 //! one these tests fail: they never skip.
 //!
-//! Compression is off on the Python side for now (`compression=None`): tether has no
-//! permessage-deflate yet. It lands in a later issue; these tests should then also run with
-//! websockets' default, compression on.
+//! Compression: most tests turn it off on the Python side (`compression=None`), so they prove
+//! the uncompressed path even though tether offers and accepts permessage-deflate by default.
+//! The `*_deflate_*` tests run both sides with their defaults, compression on (websockets'
+//! `compression="deflate"`): they compare the negotiated extension as each side reports it, and
+//! round-trip compressible (JSON-like) and incompressible (random) messages up to 1 MiB in both
+//! roles, through a relay that counts the bytes on the wire to prove the compression real.
+//!
 //!
 //! Each Python peer prints result lines on stdout (a server's first line is its port) and the
 //! tests compare them exactly. A [`Peer`] guard kills its process when the test ends or panics.
+
+mod relay;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
@@ -23,9 +29,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use relay::Relay;
+use tether::proto::DeflateParams;
 use tether::{
-    ClientBuilder, CloseFrame, Config, Error, Message, ProtocolError, Server, ServerConfig,
-    ShutdownHandle, WebSocket,
+    ClientBuilder, CloseFrame, Config, DeflateConfig, Error, Message, ProtocolError, Server,
+    ServerConfig, ShutdownHandle, WebSocket,
 };
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -35,6 +43,9 @@ const STEP: Duration = Duration::from_secs(30);
 /// Message sizes tried in both directions (the same list as `common.SIZES` in Python): the
 /// frame length encodings' edges, then large messages.
 const SIZES: [usize; 8] = [0, 1, 125, 126, 65535, 65536, 1 << 20, 16 << 20];
+
+/// Message sizes of the compression tests (the same list as `common.COMPRESSION_SIZES`).
+const COMPRESSION_SIZES: [usize; 8] = [0, 1, 125, 126, 4096, 65535, 65536, 1 << 20];
 
 /// Large enough for the 16 MiB messages.
 const MAX_MESSAGE: usize = 32 << 20;
@@ -291,6 +302,34 @@ fn non_ascii_texts() -> Vec<String> {
     ]
 }
 
+/// JSON-like lines, repeated and cut to `size` bytes (as `common.json_text`): compresses well.
+fn json_text(size: usize) -> String {
+    let mut s = String::with_capacity(size + 80);
+    let mut i = 0u64;
+    while s.len() < size {
+        s.push_str(&format!(
+            "{{\"seq\":{i},\"symbol\":\"TETH-USD\",\"price\":{},\"ok\":true}}\n",
+            (i * 7919) % 100_003
+        ));
+        i += 1;
+    }
+    s.truncate(size);
+    s
+}
+
+/// xorshift32 bytes: do not compress.
+fn random_bytes(size: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
 fn describe(msg: &Message) -> String {
     match msg {
         Message::Text(t) => format!("text of {} bytes", t.len()),
@@ -533,10 +572,20 @@ struct Ended {
     close_frame: Option<Option<CloseFrame>>,
 }
 
+/// The extension negotiation of one connection, as the echo server's handler saw it.
+#[derive(Debug)]
+struct Negotiated {
+    /// The client's `Sec-WebSocket-Extensions` offer.
+    offer: Option<String>,
+    /// tether's answer, [`WebSocket::extensions`].
+    answer: Option<String>,
+}
+
 struct EchoServer {
     port: u16,
     handle: ShutdownHandle,
     ended: UnboundedReceiver<Ended>,
+    negotiated: UnboundedReceiver<Negotiated>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -552,8 +601,13 @@ async fn echo_server() -> EchoServer {
     let port = server.local_addr().expect("local_addr").port();
     let handle = server.shutdown_handle();
     let (tx, ended) = unbounded_channel();
-    let task = tokio::spawn(server.serve(move |mut ws, _request| {
+    let (negotiated_tx, negotiated) = unbounded_channel();
+    let task = tokio::spawn(server.serve(move |mut ws, request| {
         let tx = tx.clone();
+        let _ = negotiated_tx.send(Negotiated {
+            offer: request.extensions.clone(),
+            answer: ws.extensions().map(str::to_owned),
+        });
         async move {
             let mut error = None;
             while let Some(msg) = ws.recv().await {
@@ -583,6 +637,7 @@ async fn echo_server() -> EchoServer {
         port,
         handle,
         ended,
+        negotiated,
         task,
     }
 }
@@ -590,6 +645,12 @@ async fn echo_server() -> EchoServer {
 impl EchoServer {
     fn url(&self) -> String {
         format!("ws://127.0.0.1:{}/", self.port)
+    }
+
+    async fn negotiated(&mut self) -> Negotiated {
+        within("the server's handler to start", self.negotiated.recv())
+            .await
+            .expect("the server's handler reported")
     }
 
     async fn ended(&mut self) -> Ended {
@@ -671,4 +732,156 @@ async fn server_shutdown_closes_python_client_with_1001() {
     assert_eq!(ended.error, None);
     // Python answered our Close by echoing it.
     assert_eq!(ended.close_code, 1001);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compression: permessage-deflate on both sides, with their defaults
+// ---------------------------------------------------------------------------------------------
+
+/// The line `common.describe_extensions` prints for permessage-deflate with `params`, seen from
+/// the Python side, which is the client when `python_is_client`.
+fn python_negotiated_line(params: &DeflateParams, python_is_client: bool) -> String {
+    let title = |b: bool| if b { "True" } else { "False" };
+    let (local_nct, remote_nct, local_bits, remote_bits) = if python_is_client {
+        (
+            params.client_no_context_takeover,
+            params.server_no_context_takeover,
+            params.client_max_window_bits,
+            params.server_max_window_bits,
+        )
+    } else {
+        (
+            params.server_no_context_takeover,
+            params.client_no_context_takeover,
+            params.server_max_window_bits,
+            params.client_max_window_bits,
+        )
+    };
+    format!(
+        "negotiated permessage-deflate local_no_context_takeover={} \
+         remote_no_context_takeover={} local_max_window_bits={local_bits} \
+         remote_max_window_bits={remote_bits}",
+        title(local_nct),
+        title(remote_nct)
+    )
+}
+
+/// The compression tests' messages, as `client.py compress` sends them: for every size,
+/// JSON-like text, random bytes and JSON-like bytes; then the non-ASCII texts. With each, its
+/// label and whether it compresses.
+fn compression_messages() -> Vec<(Message, String, bool)> {
+    let mut messages = Vec::new();
+    for size in COMPRESSION_SIZES {
+        messages.push((Message::Text(json_text(size)), format!("json {size}"), true));
+        messages.push((
+            Message::Binary(random_bytes(size, size as u32)),
+            format!("random {size}"),
+            false,
+        ));
+        messages.push((
+            Message::Binary(json_text(size).into_bytes()),
+            format!("json-binary {size}"),
+            true,
+        ));
+    }
+    for text in non_ascii_texts() {
+        let label = format!("non-ascii {}", text.len());
+        messages.push((Message::Text(text), label, true));
+    }
+    messages
+}
+
+/// Asserts that `wire` bytes carried `messages` one way compressed: no fewer than the random
+/// bytes, which cannot shrink, and well under the total, as the rest compresses many-fold.
+fn assert_compressed_on_wire(wire: u64, messages: &[(Message, String, bool)], direction: &str) {
+    let (mut compressible, mut random) = (0usize, 0usize);
+    for (msg, _, compresses) in messages {
+        if *compresses {
+            compressible += msg.len();
+        } else {
+            random += msg.len();
+        }
+    }
+    // Handshake, frame headers and the closing handshake.
+    let slack = 16 << 10;
+    eprintln!(
+        "{direction}: {wire} bytes on the wire for {} bytes of messages ({compressible} \
+         compressible)",
+        compressible + random
+    );
+    assert!(
+        wire < (random + compressible / 4 + slack) as u64,
+        "{direction}: {wire} bytes on the wire for {random} random and {compressible} \
+         compressible bytes: not compressed"
+    );
+    assert!(
+        wire > random as u64,
+        "{direction}: {wire} bytes cannot carry {random} random bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_negotiates_deflate_with_python_server_and_round_trips() {
+    let mut py = Peer::start("server.py", &["deflate"]);
+    let port = py.port().await;
+    let relay = Relay::start(([127, 0, 0, 1], port).into()).await;
+    let mut ws = connect_to(relay.port, "/echo", Config::default()).await;
+
+    // Both sides report the same negotiation.
+    let header = py.line().await;
+    let answer = ws.extensions().expect("tether negotiated an extension");
+    assert_eq!(
+        header,
+        format!("extensions {answer}"),
+        "Python's response header"
+    );
+    let params = DeflateConfig::default()
+        .client_accept(answer)
+        .expect("tether accepted the answer");
+    assert_eq!(
+        answer,
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+         server_max_window_bits=12; client_max_window_bits=12",
+        "Python's answer to tether's default offer"
+    );
+    assert_eq!(py.line().await, python_negotiated_line(&params, false));
+
+    let messages = compression_messages();
+    for (msg, _, _) in &messages {
+        assert_echo(&mut ws, msg.clone()).await;
+    }
+    within("closing", ws.close(1000, "")).await.unwrap();
+    assert_eq!(py.line().await, "closed 1000 ''");
+    assert_compressed_on_wire(relay.upstream_bytes(), &messages, "tether to Python");
+    assert_compressed_on_wire(relay.downstream_bytes(), &messages, "Python to tether");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_negotiates_deflate_with_tether_server_and_round_trips() {
+    let mut server = echo_server().await;
+    let relay = Relay::start(([127, 0, 0, 1], server.port).into()).await;
+    let url = format!("ws://127.0.0.1:{}/", relay.port);
+    let mut py = Peer::start("client.py", &[&url, "compress", "deflate"]);
+
+    // What tether saw and answered, and what Python says it got.
+    let negotiated = server.negotiated().await;
+    let offer = negotiated.offer.expect("Python offered an extension");
+    assert!(offer.starts_with("permessage-deflate"), "offer {offer:?}");
+    let (expected, params) = DeflateConfig::default()
+        .server_accept(&offer)
+        .expect("tether's defaults accept Python's offer");
+    assert_eq!(negotiated.answer.as_deref(), Some(expected.as_str()));
+    assert_eq!(py.line().await, format!("extensions {expected}"));
+    assert_eq!(py.line().await, python_negotiated_line(&params, true));
+
+    let messages = compression_messages();
+    let mut lines: Vec<String> = messages
+        .iter()
+        .map(|(_, label, _)| format!("echoed {label}"))
+        .collect();
+    lines.push("done".to_owned());
+    assert_eq!(py.finish_ok().await, lines);
+    assert_eq!(server.ended().await, closed_normally(""));
+    assert_compressed_on_wire(relay.upstream_bytes(), &messages, "Python to tether");
+    assert_compressed_on_wire(relay.downstream_bytes(), &messages, "tether to Python");
 }

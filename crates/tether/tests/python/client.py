@@ -1,6 +1,6 @@
 """Interop peer: a Python `websockets` asyncio client for tether's server.
 
-    client.py URL SCENARIO
+    client.py URL SCENARIO [none|deflate]
 
 Scenarios (each prints result lines on stdout and exits 0, or exits 1 on a mismatch):
 
@@ -12,9 +12,18 @@ Scenarios (each prints result lines on stdout and exits 0, or exits 1 on a misma
               with the server's answering Close frame.
   wait-close  checks one echo, prints `ready`, then waits for the server to close and prints
               `closed CODE 'REASON'`.
+  compress    for compression: prints `extensions HEADER` (the server's
+              Sec-WebSocket-Extensions response header, or None) and the `negotiated ...` line
+              of common.describe_extensions, then sends, for every size in
+              common.COMPRESSION_SIZES, JSON-like text (compressible), random bytes
+              (incompressible) and JSON-like bytes as a binary message, checks each echo and
+              prints `echoed json|random|json-binary SIZE`; then the non-ASCII texts
+              (`echoed non-ascii SIZE`); closes with 1000 and prints `done`.
 
-Compression is off (compression=None): tether has no permessage-deflate yet; it lands in a
-later issue. The proxy is off too, so that proxy variables in the environment don't matter.
+The last argument sets websockets' `compression`: `none` (the default here: compression=None,
+which keeps the tests of the uncompressed path uncompressed) or `deflate` (websockets' own
+default, permessage-deflate on). The proxy is off, so that proxy variables in the environment
+don't matter.
 """
 
 from __future__ import annotations
@@ -22,7 +31,19 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from common import NON_ASCII, SIZES, binary_payload, report, setup, text_payload
+from common import (
+    COMPRESSION_SIZES,
+    NON_ASCII,
+    SIZES,
+    binary_payload,
+    compression_mode,
+    describe_extensions,
+    json_text,
+    random_bytes,
+    report,
+    setup,
+    text_payload,
+)
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 
@@ -86,13 +107,32 @@ async def wait_close(ws: ClientConnection) -> None:
     report(f"closed {ws.close_code} {ws.close_reason!r}")
 
 
-SCENARIOS = {"echo": echo, "ping": ping, "close": close, "wait-close": wait_close}
+async def compress(ws: ClientConnection) -> None:
+    report(f"extensions {ws.response.headers.get('Sec-WebSocket-Extensions')}")
+    report(describe_extensions(ws.protocol.extensions))
+    for size in COMPRESSION_SIZES:
+        await check_echo(ws, json_text(size), f"json {size}")
+        await check_echo(ws, random_bytes(size, size), f"random {size}")
+        await check_echo(ws, json_text(size).encode(), f"json-binary {size}")
+    for text in NON_ASCII:
+        await check_echo(ws, text, f"non-ascii {len(text.encode())}")
+    await ws.close(1000, "")
+    report("done")
 
 
-async def main(url: str, scenario: str) -> None:
+SCENARIOS = {
+    "echo": echo,
+    "ping": ping,
+    "close": close,
+    "wait-close": wait_close,
+    "compress": compress,
+}
+
+
+async def main(url: str, scenario: str, compression: str | None) -> None:
     async with connect(
         url,
-        compression=None,
+        compression=compression,
         max_size=None,
         proxy=None,
         ping_interval=None,
@@ -103,7 +143,8 @@ async def main(url: str, scenario: str) -> None:
 
 if __name__ == "__main__":
     setup()
-    if len(sys.argv) != 3 or sys.argv[2] not in SCENARIOS:
+    if len(sys.argv) not in (3, 4) or sys.argv[2] not in SCENARIOS:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    mode = compression_mode(sys.argv[3] if len(sys.argv) == 4 else "none")
+    asyncio.run(main(sys.argv[1], sys.argv[2], mode))

@@ -6,6 +6,7 @@ read and compare exactly. Message contents are made by the same formulas on both
 
 from __future__ import annotations
 
+import random
 import signal
 import sys
 
@@ -35,6 +36,58 @@ def text_payload(size: int) -> str:
     """Character i is the printable ASCII character 0x20 + (7 * i mod 95); `size` bytes."""
     period = "".join(chr(0x20 + (7 * i) % 95) for i in range(95))
     return (period * (size // 95 + 1))[:size]
+
+
+# Sizes of the compression tests (permessage-deflate on): up to 1 MiB, both kinds of content.
+COMPRESSION_SIZES = [0, 1, 125, 126, 4096, 65535, 65536, 1 << 20]
+
+
+def json_text(size: int) -> str:
+    """JSON-like lines, repeated and cut to `size` bytes (ASCII): compresses well."""
+    lines = []
+    total = 0
+    i = 0
+    while total < size:
+        line = f'{{"seq":{i},"symbol":"TETH-USD","price":{(i * 7919) % 100003},"ok":true}}\n'
+        lines.append(line)
+        total += len(line)
+        i += 1
+    return "".join(lines)[:size]
+
+
+def random_bytes(size: int, seed: int) -> bytes:
+    """Pseudo-random bytes: do not compress."""
+    return random.Random(seed).randbytes(size)
+
+
+def compression_mode(name: str) -> str | None:
+    """The `compression` argument of websockets' serve() and connect() for a command-line
+    word: `deflate` (websockets' default, permessage-deflate on) or `none`."""
+    modes = {"deflate": "deflate", "none": None}
+    if name not in modes:
+        raise SystemExit(f"unknown compression mode {name!r}: deflate or none")
+    return modes[name]
+
+
+def describe_extensions(extensions: list[object]) -> str:
+    """The extensions a connection negotiated, as one line for the Rust side to compare:
+    `negotiated none`, or per extension its name and the parameters websockets applies."""
+    if not extensions:
+        return "negotiated none"
+    parts = []
+    for ext in extensions:
+        params = " ".join(
+            f"{key}={getattr(ext, key)}"
+            for key in (
+                "local_no_context_takeover",
+                "remote_no_context_takeover",
+                "local_max_window_bits",
+                "remote_max_window_bits",
+            )
+            if hasattr(ext, key)
+        )
+        parts.append(f"{ext.name} {params}".strip())
+    return "negotiated " + ", ".join(parts)
 
 
 def report(*parts: object) -> None:

@@ -1,0 +1,77 @@
+// Drives headless Chromium for crates/tether/tests/browser.rs:
+//
+//   node run.mjs PAGE_URL WS_URL
+//
+// Opens PAGE_URL (page.html, served by the test over http://127.0.0.1), calls the page's
+// runTether(WS_URL) and prints the browser's version (`BROWSER Chromium N`), then the result
+// as one line: `RESULT {json}`. A failure prints
+// `RESULT {"error": ...}` and exits 1. Chromium comes from $TETHER_CHROMIUM, else
+// /usr/bin/chromium (Debian's package); playwright-core from ./node_modules (`npm ci` here;
+// scripts/test.sh does it).
+//
+// Nothing may leave the machine: every request to a host other than 127.0.0.1 is aborted, name
+// resolution maps every other name to nothing, and Chromium's background services are off.
+
+import { chromium } from "playwright-core";
+
+const [pageUrl, wsUrl] = process.argv.slice(2);
+if (!pageUrl || !wsUrl) {
+  console.error("usage: node run.mjs PAGE_URL WS_URL");
+  process.exit(2);
+}
+
+const FLAGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+];
+
+function local(url) {
+  const u = new URL(url);
+  return u.hostname === "127.0.0.1" && ["http:", "ws:"].includes(u.protocol);
+}
+
+let browser;
+let code = 0;
+try {
+  if (!local(pageUrl) || !local(wsUrl)) {
+    throw new Error(`only http:// and ws:// URLs on 127.0.0.1 are allowed: ${pageUrl} ${wsUrl}`);
+  }
+  // launch() makes a fresh user data directory and removes it on close.
+  browser = await chromium.launch({
+    executablePath: process.env.TETHER_CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: FLAGS,
+    timeout: 60000,
+  });
+  const context = await browser.newContext({ serviceWorkers: "block" });
+  await context.route("**/*", (route) => {
+    const url = route.request().url();
+    if (local(url)) {
+      return route.continue();
+    }
+    console.error(`blocked a request off the machine: ${url}`);
+    return route.abort("blockedbyclient");
+  });
+  const page = await context.newPage();
+  page.on("console", (msg) => console.error(`page console: ${msg.text()}`));
+  page.on("pageerror", (err) => console.error(`page error: ${err}`));
+  await page.goto(pageUrl, { timeout: 30000 });
+  const result = await page.evaluate((url) => window.runTether(url), wsUrl);
+  console.log(`BROWSER Chromium ${browser.version()}`);
+  console.log(`RESULT ${JSON.stringify(result)}`);
+} catch (err) {
+  console.log(`RESULT ${JSON.stringify({ error: String(err && err.stack ? err.stack : err) })}`);
+  code = 1;
+} finally {
+  if (browser) {
+    await browser.close().catch(() => {});
+  }
+}
+process.exit(code);
