@@ -35,9 +35,11 @@ pub struct Config {
     /// …until no more than this many are. Default: 16 KiB.
     pub write_buffer_low: usize,
     /// permessage-deflate: a client offers it, a server accepts it, with these settings;
-    /// `None` turns compression off. Default: on, with [`DeflateConfig::default`] (windows
-    /// of 2^12 bytes and zlib memory level 5, about 40 KiB of state per connection once
-    /// messages flowed both ways compressed).
+    /// `None` turns compression off. Default: on, with [`DeflateConfig::default`]: no
+    /// context takeover either way, so an idle connection holds no compression state
+    /// (measured: 4.4 KB of heap per server connection after traffic, against 3.7 KB with
+    /// compression off). [`DeflateConfig::best_compression`] compresses small, similar
+    /// messages better for about 430 KB per connection.
     pub compression: Option<DeflateConfig>,
 }
 
