@@ -1,0 +1,142 @@
+//! Client-side comparison: `bench client --impl tether|tokio-tungstenite ...` drives the
+//! same echo server with a client library. Each connection keeps `--inflight` messages out;
+//! every echo that comes back is sent again as it is (no copy, for either library).
+
+use std::collections::VecDeque;
+use std::io;
+use std::rc::Rc;
+use std::time::Instant;
+
+use futures_util::{stream, SinkExt, StreamExt};
+
+use crate::args::Args;
+use crate::load::{run_local, secs};
+use crate::servers::Impl;
+use crate::stats::Shared;
+
+/// The client libraries compared.
+pub(crate) const CLIENTS: [Impl; 2] = [Impl::Tether, Impl::Tungstenite];
+
+pub(crate) fn main(args: &Args) -> io::Result<()> {
+    args.only(&[
+        "impl", "addr", "conns", "size", "inflight", "warmup", "duration", "cpu",
+    ])?;
+    let kind = args
+        .get("impl")
+        .and_then(Impl::parse)
+        .filter(|k| CLIENTS.contains(k))
+        .ok_or_else(|| io::Error::other("--impl: tether or tokio-tungstenite"))?;
+    let addr = args.get("addr").ok_or_else(|| io::Error::other("--addr"))?;
+    let url = format!("ws://{addr}/");
+    let conns: usize = args.parse_or("conns", 10)?;
+    let size: usize = args.parse_or("size", 20)?;
+    let inflight: usize = args.parse_or::<usize>("inflight", 1)?.max(1);
+    let warmup = secs(args, "warmup", 1.0)?;
+    let duration = secs(args, "duration", 3.0)?;
+    let payload = vec![b'x'; size];
+    let line = run_local(args, async move {
+        let shared = Rc::new(Shared::default());
+        match kind {
+            Impl::Tether => {
+                let builder = tether::ClientBuilder::new(url)
+                    .config(tether::Config::default().compression(None));
+                let opened: Vec<_> = stream::iter(0..conns)
+                    .map(|_| builder.connect())
+                    .buffered(64)
+                    .collect()
+                    .await;
+                for ws in opened {
+                    let ws = ws.map_err(io::Error::other)?;
+                    let task = tether_client(ws, payload.clone(), inflight, shared.clone());
+                    tokio::task::spawn_local(task);
+                }
+            }
+            _ => {
+                let opened: Vec<_> = stream::iter(0..conns)
+                    .map(|_| tokio_tungstenite::connect_async_with_config(&url, None, true))
+                    .buffered(64)
+                    .collect()
+                    .await;
+                for ws in opened {
+                    let (ws, _response) = ws.map_err(io::Error::other)?;
+                    let task = tungstenite_client(ws, payload.clone(), inflight, shared.clone());
+                    tokio::task::spawn_local(task);
+                }
+            }
+        }
+        Ok(shared.measure(warmup, duration).await)
+    })?;
+    println!("{line}");
+    Ok(())
+}
+
+async fn tether_client(
+    mut ws: tether::WebSocket,
+    payload: Vec<u8>,
+    inflight: usize,
+    shared: Rc<Shared>,
+) {
+    let mut sent = VecDeque::with_capacity(inflight);
+    for _ in 0..inflight {
+        sent.push_back(Instant::now());
+        if let Err(e) = ws.send(tether::Message::Binary(payload.clone())).await {
+            return shared.error(e);
+        }
+    }
+    loop {
+        let msg = match ws.recv().await {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => return shared.error(e),
+            None => return shared.error("closed"),
+        };
+        let now = Instant::now();
+        if let Some(start) = sent.pop_front() {
+            shared.complete(start, now);
+        }
+        if shared.stopped() {
+            return;
+        }
+        sent.push_back(now);
+        if let Err(e) = ws.send(msg).await {
+            return shared.error(e);
+        }
+    }
+}
+
+type TungsteniteStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn tungstenite_client(
+    mut ws: TungsteniteStream,
+    payload: Vec<u8>,
+    inflight: usize,
+    shared: Rc<Shared>,
+) {
+    use tokio_tungstenite::tungstenite::Message;
+    let mut sent = VecDeque::with_capacity(inflight);
+    for _ in 0..inflight {
+        sent.push_back(Instant::now());
+        if let Err(e) = ws.send(Message::binary(payload.clone())).await {
+            return shared.error(e);
+        }
+    }
+    loop {
+        let msg = match ws.next().await {
+            Some(Ok(msg)) if msg.is_binary() || msg.is_text() => msg,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return shared.error(e),
+            None => return shared.error("closed"),
+        };
+        let now = Instant::now();
+        if let Some(start) = sent.pop_front() {
+            shared.complete(start, now);
+        }
+        if shared.stopped() {
+            return;
+        }
+        sent.push_back(now);
+        if let Err(e) = ws.send(msg).await {
+            return shared.error(e);
+        }
+    }
+}
