@@ -824,7 +824,10 @@ impl Connection {
     /// echoes its status code (RFC 6455 section 5.5.1) unless our Close went out already.
     fn apply_peer_close(&mut self) {
         if !self.close_sent {
-            let code = self.peer_close.as_ref().and_then(|f| f.as_ref().map(|f| f.code));
+            let code = self
+                .peer_close
+                .as_ref()
+                .and_then(|f| f.as_ref().map(|f| f.code));
             self.write_close(code, "");
         }
         self.state = State::Closed;
