@@ -315,8 +315,11 @@ impl Session {
         let closed = Closed {
             // 1005: the server's Close frame had no status code.
             code: (code != tether::close_code::NO_STATUS).then_some(code),
-            // The split halves do not expose the peer's close reason.
-            reason: String::new(),
+            reason: receiver
+                .close_frame()
+                .flatten()
+                .map(|frame| frame.reason)
+                .unwrap_or_default(),
             error,
         };
         (end, closed)
