@@ -171,9 +171,15 @@ pub(crate) async fn run() -> i32 {
     let timeline = Arc::new(Timeline {
         start: Instant::now(),
     });
-    // Reserve a port, then leave it unbound for a while: connections are refused.
-    let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
-        Ok(addr) => addr.port(),
+    // Bind a socket without listening on it for a while: connections are refused, and no
+    // other program can take the port in the meantime.
+    let bound = tokio::net::TcpSocket::new_v4().and_then(|socket| {
+        socket.bind(([127, 0, 0, 1], 0).into())?;
+        let port = socket.local_addr()?.port();
+        Ok((socket, port))
+    });
+    let (socket, port) = match bound {
+        Ok(bound) => bound,
         Err(e) => {
             eprintln!("tether demo: cannot find a free port: {e}");
             return EXIT_FATAL;
@@ -199,7 +205,7 @@ pub(crate) async fn run() -> i32 {
         backoff.max.as_secs_f64(),
         MIN_UPTIME.as_secs_f64(),
     );
-    tokio::spawn(scripted_server(port, timeline.clone()));
+    tokio::spawn(scripted_server(socket, port, timeline.clone()));
 
     let events = timeline.clone();
     let policy = Policy::default()
@@ -306,7 +312,7 @@ async fn converse(ws: &mut WebSocket, timeline: &Timeline) {
 }
 
 /// The misbehaving server: silent at first, then a scripted answer per request.
-async fn scripted_server(port: u16, timeline: Arc<Timeline>) {
+async fn scripted_server(socket: tokio::net::TcpSocket, port: u16, timeline: Arc<Timeline>) {
     tokio::time::sleep(SILENT_START).await;
     let requests = Arc::new(AtomicUsize::new(0));
     let hook_timeline = timeline.clone();
@@ -333,8 +339,8 @@ async fn scripted_server(port: u16, timeline: Arc<Timeline>) {
             }
         }
     });
-    let server = match Server::bind(("127.0.0.1", port), config).await {
-        Ok(s) => s,
+    let server = match socket.listen(1024) {
+        Ok(listener) => Server::from_listener(listener, config),
         Err(e) => {
             timeline.server(&format!("cannot listen on port {port}: {e}"));
             return;
