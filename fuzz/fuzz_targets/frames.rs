@@ -39,8 +39,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!([1002, 1007, 1009, 1011].contains(&e.close_code()));
             }
         }
-        let n = conn.transmit().len();
-        conn.advance_transmit(n);
+        conn.take_transmit();
     }
     conn.handle_timeout(now + Duration::from_secs(3600));
     conn.receive_eof(now + Duration::from_secs(3600));

@@ -1,11 +1,14 @@
 //! The WebSocket connection state machine, after the opening handshake.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
 use crate::deflate::{Codec, DeflateConfig, DeflateParams};
 use crate::error::{ProtocolError, SendError};
-use crate::frame::{close_code, encode_frame, is_valid_close_code, OpCode, MAX_HEADER_LEN};
+use crate::frame::{
+    close_code, encode_frame, encode_header, is_valid_close_code, OpCode, MAX_HEADER_LEN,
+};
 use crate::mask::apply_mask;
 
 /// Which end of the connection this is. Clients mask what they send; servers require it.
@@ -133,9 +136,17 @@ pub enum State {
 /// Bytes kept in the transmit buffer's allocation once it drains; larger buffers are freed
 /// so that an idle connection holds no large allocation.
 const OUT_KEEP: usize = 64 << 10;
-/// Initial reservation for a data frame's payload; more is allocated only as bytes arrive,
-/// so a header that announces a huge frame costs nothing by itself.
-const FRAME_RESERVE: usize = 64 << 10;
+/// Most payload room reserved when a data frame's header arrives, before its bytes do: a
+/// frame up to this size is received into one allocation of its exact size, while a header
+/// that announces a larger frame reserves no more than this until its bytes arrive (the
+/// buffer then doubles, capped at the frame's end).
+const RESERVE_AHEAD: usize = 1 << 20;
+/// Payloads at least this large handed over by value ([`Connection::send_message_owned`])
+/// are written from their own allocation instead of being copied into the transmit buffer.
+const OWNED_MIN: usize = 8 << 10;
+/// A frame with at least this many payload bytes still to come may be read straight into the
+/// message buffer ([`Connection::read_payload_with`]).
+const DIRECT_MIN: usize = 8 << 10;
 /// How many unanswered user pings are remembered for round-trip times.
 const MAX_USER_PINGS: usize = 16;
 
@@ -154,6 +165,14 @@ struct FrameInfo {
     mask: Option<[u8; 4]>,
     len: u64,
     got: u64,
+}
+
+#[derive(Debug)]
+struct OwnedPayload {
+    /// Position in the transmit buffer this payload follows (its frame header ends there).
+    at: usize,
+    data: Vec<u8>,
+    pos: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,6 +221,9 @@ pub struct Connection {
     events: VecDeque<Event>,
     out: Vec<u8>,
     out_pos: usize,
+    /// Large payloads queued by value, each to be written after `out[..at]`.
+    owned: VecDeque<OwnedPayload>,
+    owned_bytes: usize,
 
     close_sent: bool,
     peer_close: Option<Option<CloseFrame>>,
@@ -248,6 +270,8 @@ impl Connection {
             events: VecDeque::new(),
             out: Vec::new(),
             out_pos: 0,
+            owned: VecDeque::new(),
+            owned_bytes: 0,
             close_sent: false,
             peer_close: None,
             peer_close_at: None,
@@ -316,6 +340,19 @@ impl Connection {
             match self.phase {
                 ReadPhase::Done => return,
                 ReadPhase::Header => {
+                    // Fast path: a whole header at hand is parsed where it lies.
+                    if self.head_len == 0 && data.len() >= 2 {
+                        let len = header_len(data[0], data[1]);
+                        if data.len() >= len {
+                            let (head, rest) = data.split_at(len);
+                            data = rest;
+                            if let Err(e) = self.begin_frame(head, now) {
+                                self.fail(e, now);
+                                return;
+                            }
+                            continue;
+                        }
+                    }
                     let have = usize::from(self.head_len);
                     let need = if have < 2 {
                         2
@@ -328,7 +365,9 @@ impl Connection {
                     data = &data[take..];
                     let have = usize::from(self.head_len);
                     if have >= 2 && have == header_len(self.head[0], self.head[1]) {
-                        if let Err(e) = self.begin_frame(now) {
+                        self.head_len = 0;
+                        let head = self.head;
+                        if let Err(e) = self.begin_frame(&head[..have], now) {
                             self.fail(e, now);
                             return;
                         }
@@ -353,6 +392,7 @@ impl Connection {
                             return;
                         }
                     } else {
+                        self.grow_payload(n);
                         let start = self.buf.len();
                         self.buf.extend_from_slice(chunk);
                         if let Some(key) = self.frame.mask {
@@ -366,13 +406,56 @@ impl Connection {
                 }
             }
         }
-        // Fail fast on invalid UTF-8 inside a text message still in progress.
-        if self.message == Some(MessageKind::Text) && self.buf.len() > self.utf8_valid {
-            match crate::utf8::valid_prefix(&self.buf[self.utf8_valid..]) {
-                Some(valid) => self.utf8_valid += valid,
-                None => self.fail(ProtocolError::InvalidUtf8, now),
-            }
+        self.check_partial_text(now);
+    }
+
+    /// Lets the driver read the rest of a large data frame straight into the message buffer,
+    /// saving the copy that [`receive`](Self::receive) makes.
+    ///
+    /// When the connection is inside an uncompressed data frame with at least 8 KiB still to
+    /// come, calls `read(buf, max)`: `read` must only append to `buf`, at most `max` bytes
+    /// (bytes beyond `max` are discarded), and has room for them already reserved. The
+    /// appended bytes are then taken exactly as `receive` would take them, and `Some` with
+    /// `read`'s result is returned. Otherwise returns `None` without calling `read`: read into
+    /// a buffer of your own and call `receive`.
+    #[inline]
+    pub fn read_payload_with<R>(
+        &mut self,
+        now: Instant,
+        read: impl FnOnce(&mut Vec<u8>, usize) -> R,
+    ) -> Option<R> {
+        if self.phase != ReadPhase::Payload
+            || self.frame.len - self.frame.got < DIRECT_MIN as u64
+            || self.frame.opcode.is_control()
+            || self.compressed
+        {
+            return None;
         }
+        let remaining = usize::try_from(self.frame.len - self.frame.got).unwrap_or(usize::MAX);
+        // Room for what may come next, capped at the frame's end; `read` fills what it can.
+        self.grow_payload(remaining.min(self.buf.len().max(DIRECT_MIN)));
+        let start = self.buf.len();
+        let max = remaining.min(self.buf.capacity() - start);
+        let result = read(&mut self.buf, max);
+        if self.buf.len() < start {
+            // `read` broke its contract by removing bytes: the message is lost.
+            self.fail(ProtocolError::Internal, now);
+            return Some(result);
+        }
+        self.buf.truncate(start + max);
+        let n = self.buf.len() - start;
+        if n > 0 {
+            let offset = self.frame.got as usize;
+            if let Some(key) = self.frame.mask {
+                apply_mask(&mut self.buf[start..], key, offset);
+            }
+            self.frame.got += n as u64;
+            if self.frame.got == self.frame.len {
+                self.end_frame(now);
+            }
+            self.check_partial_text(now);
+        }
+        Some(result)
     }
 
     /// The transport reached end of input. If the closing handshake was not complete, the
@@ -445,22 +528,64 @@ impl Connection {
         if self.close_sent {
             return Err(SendError::Closed);
         }
-        if let Some(codec) = self.deflate.as_deref_mut() {
-            if compress && payload.len() >= codec.min_size {
-                self.scratch.clear();
-                if codec.compress(payload, &mut self.scratch) {
-                    let compressed = std::mem::take(&mut self.scratch);
-                    self.write_frame_rsv1(opcode, &compressed, true);
-                    self.scratch = compressed;
-                    if self.scratch.capacity() > OUT_KEEP {
-                        self.scratch = Vec::new();
-                    }
-                    return Ok(());
-                }
+        if !(compress && self.send_compressed(opcode, payload)) {
+            self.write_frame(opcode, payload);
+        }
+        Ok(())
+    }
+
+    /// Like [`send_message`](Self::send_message), but takes the payload by value: a payload
+    /// of 8 KiB or more that is sent uncompressed is not copied into the transmit buffer but
+    /// written from its own allocation after its frame header (masked in place as a client),
+    /// and freed once written. [`transmit_vectored`](Self::transmit_vectored) hands out both
+    /// parts for one vectored write.
+    pub fn send_message_owned(
+        &mut self,
+        opcode: OpCode,
+        payload: Vec<u8>,
+        compress: bool,
+    ) -> Result<(), SendError> {
+        if !matches!(opcode, OpCode::Text | OpCode::Binary) {
+            return Err(SendError::NotData);
+        }
+        if self.close_sent {
+            return Err(SendError::Closed);
+        }
+        if compress && self.send_compressed(opcode, &payload) {
+            return Ok(());
+        }
+        if payload.len() < OWNED_MIN {
+            self.write_frame(opcode, &payload);
+        } else {
+            self.write_frame_owned(opcode, payload, false);
+        }
+        Ok(())
+    }
+
+    /// Compresses and queues `payload` if permessage-deflate is in use, the payload is large
+    /// enough and compression gains something; false if nothing was queued.
+    fn send_compressed(&mut self, opcode: OpCode, payload: &[u8]) -> bool {
+        let Some(codec) = self.deflate.as_deref_mut() else {
+            return false;
+        };
+        if payload.len() < codec.min_size {
+            return false;
+        }
+        self.scratch.clear();
+        if !codec.compress(payload, &mut self.scratch) {
+            return false;
+        }
+        let compressed = std::mem::take(&mut self.scratch);
+        if compressed.len() >= OWNED_MIN {
+            self.write_frame_owned(opcode, compressed, true);
+        } else {
+            self.write_frame_rsv1(opcode, &compressed, true);
+            self.scratch = compressed;
+            if self.scratch.capacity() > OUT_KEEP {
+                self.scratch = Vec::new();
             }
         }
-        self.write_frame(opcode, payload);
-        Ok(())
+        true
     }
 
     /// Queues a Ping. When its Pong arrives, [`Event::Pong`] carries the round-trip time
@@ -515,15 +640,65 @@ impl Connection {
 
     // ----- outputs -----
 
-    /// Bytes waiting to be written to the transport, in order.
+    /// The next bytes to write to the transport, in order: the start of what is queued (a
+    /// payload queued by value is a part of its own). Empty when nothing is queued.
     pub fn transmit(&self) -> &[u8] {
-        &self.out[self.out_pos..]
+        match self.owned.front() {
+            Some(o) if self.out_pos == o.at => &o.data[o.pos..],
+            Some(o) => &self.out[self.out_pos..o.at],
+            None => &self.out[self.out_pos..],
+        }
     }
 
-    /// Reports that the first `n` bytes of [`transmit`](Self::transmit) were written.
-    pub fn advance_transmit(&mut self, n: usize) {
-        self.out_pos = (self.out_pos + n).min(self.out.len());
-        if self.out_pos == self.out.len() {
+    /// Fills `dst` with the queued bytes in order, as many parts as fit, for one vectored
+    /// write; returns how many parts were filled (0 when nothing is queued). Report what was
+    /// written with [`advance_transmit`](Self::advance_transmit), which may span parts.
+    pub fn transmit_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let mut filled = 0;
+        let mut push = |part: &'a [u8]| {
+            if part.is_empty() || filled == dst.len() {
+                return;
+            }
+            dst[filled] = IoSlice::new(part);
+            filled += 1;
+        };
+        let mut pos = self.out_pos;
+        for o in &self.owned {
+            push(&self.out[pos..o.at]);
+            push(&o.data[o.pos..]);
+            pos = o.at;
+        }
+        push(&self.out[pos..]);
+        filled
+    }
+
+    /// Reports that the first `n` bytes of what is queued were written (they may span the
+    /// parts of [`transmit_vectored`](Self::transmit_vectored)).
+    pub fn advance_transmit(&mut self, mut n: usize) {
+        while n > 0 {
+            let (at, left) = match self.owned.front() {
+                Some(o) => (o.at, o.data.len() - o.pos),
+                None => (self.out.len(), 0),
+            };
+            if self.out_pos < at {
+                let k = n.min(at - self.out_pos);
+                self.out_pos += k;
+                n -= k;
+            } else if left > 0 {
+                let k = n.min(left);
+                if let Some(o) = self.owned.front_mut() {
+                    o.pos += k;
+                }
+                self.owned_bytes -= k;
+                n -= k;
+                if k == left {
+                    self.owned.pop_front();
+                }
+            } else {
+                break;
+            }
+        }
+        if self.owned.is_empty() && self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
             if self.out.capacity() > OUT_KEEP {
@@ -532,9 +707,23 @@ impl Connection {
         }
     }
 
-    /// How many bytes wait in the transmit buffer.
+    /// Takes everything queued for the transport as one buffer, as if it had been written:
+    /// for tests and for drivers that want a single copy rather than
+    /// [`transmit`](Self::transmit)'s parts.
+    pub fn take_transmit(&mut self) -> Vec<u8> {
+        let mut all = Vec::with_capacity(self.buffered_amount());
+        while self.buffered_amount() > 0 {
+            let part = self.transmit();
+            all.extend_from_slice(part);
+            let n = part.len();
+            self.advance_transmit(n);
+        }
+        all
+    }
+
+    /// How many bytes are queued for the transport.
     pub fn buffered_amount(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.len() - self.out_pos + self.owned_bytes
     }
 
     /// The next event, if any.
@@ -589,11 +778,10 @@ impl Connection {
 
     // ----- internals -----
 
-    fn begin_frame(&mut self, now: Instant) -> Result<(), ProtocolError> {
-        let _ = now;
-        let b0 = self.head[0];
-        let b1 = self.head[1];
-        self.head_len = 0;
+    /// Starts a frame from its complete header (`head.len() == header_len(head[0], head[1])`).
+    fn begin_frame(&mut self, head: &[u8], now: Instant) -> Result<(), ProtocolError> {
+        let b0 = head[0];
+        let b1 = head[1];
         let fin = b0 & 0x80 != 0;
         let rsv1 = b0 & 0x40 != 0;
         if b0 & 0x30 != 0 {
@@ -603,7 +791,7 @@ impl Connection {
         let masked = b1 & 0x80 != 0;
         let (len, mut at) = match b1 & 0x7F {
             126 => {
-                let len = u64::from(u16::from_be_bytes([self.head[2], self.head[3]]));
+                let len = u64::from(u16::from_be_bytes([head[2], head[3]]));
                 if len < 126 {
                     return Err(ProtocolError::NonMinimalLength);
                 }
@@ -611,7 +799,7 @@ impl Connection {
             }
             127 => {
                 let mut b = [0u8; 8];
-                b.copy_from_slice(&self.head[2..10]);
+                b.copy_from_slice(&head[2..10]);
                 let len = u64::from_be_bytes(b);
                 if len >> 63 != 0 {
                     return Err(ProtocolError::LengthOverflow);
@@ -625,7 +813,7 @@ impl Connection {
         };
         let mask = if masked {
             let mut key = [0u8; 4];
-            key.copy_from_slice(&self.head[at..at + 4]);
+            key.copy_from_slice(&head[at..at + 4]);
             at += 4;
             Some(key)
         } else {
@@ -681,8 +869,9 @@ impl Connection {
                     });
                 }
                 // Bounded by max_frame_size above, so the cast cannot truncate on 64-bit
-                // targets; the reservation is capped anyway.
-                self.buf.reserve((len as usize).min(FRAME_RESERVE));
+                // targets; the reservation is capped anyway. `reserve` (not exact) keeps
+                // growth amortised over the frames of a fragmented message.
+                self.buf.reserve((len as usize).min(RESERVE_AHEAD));
             }
         }
         self.frame = FrameInfo {
@@ -697,6 +886,32 @@ impl Connection {
             self.end_frame(now);
         }
         Ok(())
+    }
+
+    /// Makes room for `n` more payload bytes of the current data frame: the buffer doubles
+    /// (never growing by less than `n`), but within a message's final frame it stops at the
+    /// frame's end, so a message arrives in an allocation of its size.
+    fn grow_payload(&mut self, n: usize) {
+        let spare = self.buf.capacity() - self.buf.len();
+        if spare >= n {
+            return;
+        }
+        let mut extra = n.max(self.buf.len());
+        if self.frame.fin {
+            let remaining = usize::try_from(self.frame.len - self.frame.got).unwrap_or(usize::MAX);
+            extra = extra.min(remaining).max(n);
+        }
+        self.buf.reserve_exact(extra);
+    }
+
+    /// Fails fast on invalid UTF-8 inside a text message still in progress.
+    fn check_partial_text(&mut self, now: Instant) {
+        if self.message == Some(MessageKind::Text) && self.buf.len() > self.utf8_valid {
+            match crate::utf8::valid_prefix(&self.buf[self.utf8_valid..]) {
+                Some(valid) => self.utf8_valid += valid,
+                None => self.fail(ProtocolError::InvalidUtf8, now),
+            }
+        }
     }
 
     fn start_message(&mut self, kind: MessageKind, compressed: bool) {
@@ -888,15 +1103,46 @@ impl Connection {
     }
 
     fn write_frame_rsv1(&mut self, opcode: OpCode, payload: &[u8], rsv1: bool) {
-        if self.out_pos > OUT_KEEP && self.out_pos * 2 > self.out.len() {
-            self.out.drain(..self.out_pos);
-            self.out_pos = 0;
+        self.compact_out();
+        let mask = self.new_mask();
+        encode_frame(&mut self.out, true, rsv1, opcode, mask, payload);
+    }
+
+    /// Queues a frame whose payload stays in its own allocation (see `OwnedPayload`).
+    fn write_frame_owned(&mut self, opcode: OpCode, mut payload: Vec<u8>, rsv1: bool) {
+        self.compact_out();
+        let mask = self.new_mask();
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut head, true, rsv1, opcode, mask, payload.len() as u64);
+        self.out.extend_from_slice(&head[..n]);
+        if let Some(key) = mask {
+            apply_mask(&mut payload, key, 0);
         }
-        let mask = match self.role {
+        self.owned_bytes += payload.len();
+        self.owned.push_back(OwnedPayload {
+            at: self.out.len(),
+            data: payload,
+            pos: 0,
+        });
+    }
+
+    /// Drops the written front of a transmit buffer that is mostly written already.
+    fn compact_out(&mut self) {
+        if self.out_pos > OUT_KEEP && self.out_pos * 2 > self.out.len() {
+            let written = self.out_pos;
+            self.out.drain(..written);
+            self.out_pos = 0;
+            for o in &mut self.owned {
+                o.at -= written;
+            }
+        }
+    }
+
+    fn new_mask(&self) -> Option<[u8; 4]> {
+        match self.role {
             Role::Client => Some(rand::random::<[u8; 4]>()),
             Role::Server => None,
-        };
-        encode_frame(&mut self.out, true, rsv1, opcode, mask, payload);
+        }
     }
 }
 

@@ -57,6 +57,9 @@ pub enum ProtocolError {
     Compression,
     /// No Pong arrived within the ping timeout after a keepalive Ping.
     KeepaliveTimeout,
+    /// The driver broke the core's contract (a read callback removed received bytes); the
+    /// message in progress is lost. Never caused by the peer.
+    Internal,
 }
 
 impl ProtocolError {
@@ -67,7 +70,7 @@ impl ProtocolError {
             Self::FrameTooLarge { .. }
             | Self::MessageTooLarge { .. }
             | Self::TooManyFragments { .. } => close_code::TOO_BIG,
-            Self::KeepaliveTimeout => close_code::INTERNAL_ERROR,
+            Self::KeepaliveTimeout | Self::Internal => close_code::INTERNAL_ERROR,
             _ => close_code::PROTOCOL_ERROR,
         }
     }
@@ -81,6 +84,7 @@ impl ProtocolError {
             Self::TooManyFragments { .. } => "too many fragments",
             Self::KeepaliveTimeout => "keepalive ping timeout",
             Self::Compression => "invalid compressed data",
+            Self::Internal => "internal error",
             _ => "protocol error",
         }
     }
@@ -115,6 +119,7 @@ impl fmt::Display for ProtocolError {
             }
             Self::Compression => f.write_str("invalid permessage-deflate data"),
             Self::KeepaliveTimeout => f.write_str("no pong received within the ping timeout"),
+            Self::Internal => f.write_str("internal error: the driver removed received bytes"),
         }
     }
 }

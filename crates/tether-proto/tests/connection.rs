@@ -44,8 +44,7 @@ fn decode_output(from: &mut Connection, now: Instant) -> Vec<Event> {
         Role::Server => Role::Client,
     };
     let mut peer = Connection::new(role, Config::default(), now);
-    let bytes = from.transmit().to_vec();
-    from.advance_transmit(bytes.len());
+    let bytes = from.take_transmit();
     peer.receive(&bytes, now);
     events(&mut peer)
 }
@@ -630,4 +629,217 @@ proptest! {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Zero-copy paths: payloads read straight into the message buffer, payloads sent by value
+// ---------------------------------------------------------------------------------------------
+
+/// Feeds `bytes` to `conn` the way the tokio driver does: whenever the core offers to take
+/// the rest of a frame directly, append up to the next step's size through
+/// `read_payload_with`, otherwise `receive` the next step's bytes.
+fn feed_with_direct_reads(conn: &mut Connection, bytes: &[u8], steps: &[usize], now: Instant) {
+    let mut pos = 0;
+    let mut i = 0;
+    while pos < bytes.len() {
+        let step = steps[i % steps.len()].clamp(1, bytes.len() - pos);
+        i += 1;
+        let direct = conn.read_payload_with(now, |buf, max| {
+            assert!(max > 0, "the core offers room");
+            assert!(buf.capacity() - buf.len() >= max, "the room is reserved");
+            let k = step.min(max);
+            buf.extend_from_slice(&bytes[pos..pos + k]);
+            k
+        });
+        match direct {
+            Some(k) => pos += k,
+            None => {
+                conn.receive(&bytes[pos..pos + step], now);
+                pos += step;
+            }
+        }
+    }
+}
+
+fn big_msg_strategy() -> impl Strategy<Value = Msg> {
+    prop_oneof![
+        ".{0,300}".prop_map(Msg::Text),
+        proptest::collection::vec(any::<char>(), 2_000..12_000)
+            .prop_map(|c| Msg::Text(c.into_iter().collect())),
+        proptest::collection::vec(any::<u8>(), 0..70_000).prop_map(Msg::Binary),
+        proptest::collection::vec(any::<u8>(), 0..125).prop_map(Msg::Ping),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn direct_reads_give_the_same_events_as_receive(
+        msgs in proptest::collection::vec(big_msg_strategy(), 1..6),
+        frag in 1usize..4,
+        steps in proptest::collection::vec(1usize..40_000, 1..8),
+    ) {
+        let now = Instant::now();
+        let (bytes, want) = encode_all(&msgs, frag);
+        let mut s = server(now);
+        feed_with_direct_reads(&mut s, &bytes, &steps, now);
+        prop_assert_eq!(events(&mut s), want);
+    }
+
+    #[test]
+    fn payloads_sent_by_value_arrive_whole_across_partial_vectored_writes(
+        msgs in proptest::collection::vec(msg_strategy(), 1..6),
+        role in prop_oneof![Just(Role::Client), Just(Role::Server)],
+        writes in proptest::collection::vec((1usize..5, 1usize..50_000), 1..8),
+    ) {
+        let now = Instant::now();
+        let mut tx = Connection::new(role, Config::default(), now);
+        let mut want = Vec::new();
+        for m in &msgs {
+            match m {
+                Msg::Text(t) => {
+                    tx.send_message_owned(OpCode::Text, t.clone().into_bytes(), true).unwrap();
+                    want.push(Event::Text(t.clone()));
+                }
+                Msg::Binary(b) => {
+                    tx.send_message_owned(OpCode::Binary, b.clone(), true).unwrap();
+                    want.push(Event::Binary(b.clone()));
+                }
+                Msg::Ping(p) => {
+                    tx.ping(p, now).unwrap();
+                    want.push(Event::Ping(p.clone()));
+                }
+            }
+        }
+        // A writer that takes a few parts at a time and writes only part of them.
+        let mut wire = Vec::new();
+        let mut i = 0;
+        while tx.buffered_amount() > 0 {
+            let (parts, limit) = writes[i % writes.len()];
+            i += 1;
+            let mut slots = vec![std::io::IoSlice::new(&[]); parts];
+            let filled = tx.transmit_vectored(&mut slots);
+            prop_assert!(filled > 0);
+            let mut written = 0;
+            for part in &slots[..filled] {
+                let k = part.len().min(limit - written);
+                wire.extend_from_slice(&part[..k]);
+                written += k;
+                if written == limit {
+                    break;
+                }
+            }
+            let before = tx.buffered_amount();
+            tx.advance_transmit(written);
+            prop_assert_eq!(tx.buffered_amount(), before - written);
+        }
+        let peer_role = match role {
+            Role::Client => Role::Server,
+            Role::Server => Role::Client,
+        };
+        let mut rx = Connection::new(peer_role, Config::default(), now);
+        rx.receive(&wire, now);
+        prop_assert_eq!(events(&mut rx), want);
+    }
+}
+
+#[test]
+fn large_payload_sent_by_value_is_not_copied_and_keeps_its_place() {
+    let now = Instant::now();
+    let mut s = server(now);
+    s.send_binary(b"first").unwrap();
+    let big = vec![7u8; 100_000];
+    let addr = big.as_ptr();
+    s.send_message_owned(OpCode::Binary, big, false).unwrap();
+    s.pong(b"p").unwrap();
+    {
+        let mut parts = [std::io::IoSlice::new(&[]); 8];
+        let n = s.transmit_vectored(&mut parts);
+        // The first frame and the big frame's header, the big payload itself, then the Pong.
+        assert_eq!(n, 3);
+        assert_eq!(&parts[0][..7], &[0x82, 5, b'f', b'i', b'r', b's', b't']);
+        assert_eq!(&parts[0][7..], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0x86, 0xA0]);
+        assert_eq!(
+            parts[1].as_ptr(),
+            addr,
+            "the payload is written from its own allocation"
+        );
+        assert_eq!(&parts[2][..], &[0x8A, 1, b'p']);
+    }
+    assert_eq!(s.buffered_amount(), 17 + 100_000 + 3);
+    // transmit() hands out one part at a time.
+    assert_eq!(s.transmit().len(), 17);
+    s.advance_transmit(17 + 50_000);
+    assert_eq!(s.transmit().len(), 50_000);
+    s.advance_transmit(50_000);
+    assert_eq!(s.transmit(), &[0x8A, 1, b'p']);
+    s.advance_transmit(3);
+    assert_eq!(s.buffered_amount(), 0);
+    assert!(s.transmit().is_empty());
+    // Small payloads are copied into the transmit buffer as before.
+    s.send_message_owned(OpCode::Text, b"hi".to_vec(), false)
+        .unwrap();
+    assert_eq!(s.transmit_vectored(&mut [std::io::IoSlice::new(&[]); 8]), 1);
+    assert_eq!(s.take_transmit(), [0x81, 2, b'h', b'i']);
+}
+
+#[test]
+fn direct_reads_are_offered_only_inside_large_data_frames() {
+    let now = Instant::now();
+    let mut s = server(now);
+    let offered = |s: &mut Connection| s.read_payload_with(now, |_, _| ()).is_some();
+    assert!(!offered(&mut s), "no frame in progress");
+    let small = cframe(true, 2, &[1; 4000]);
+    s.receive(&small[..100], now);
+    assert!(!offered(&mut s), "less than 8 KiB to come");
+    s.receive(&small[100..], now);
+    let big = cframe(true, 2, &[1; 20_000]);
+    s.receive(&big[..8], now);
+    assert!(offered(&mut s));
+    // The payload still expected bounds what may be appended.
+    let max = s.read_payload_with(now, |_, max| max).unwrap();
+    assert!((1..=20_000).contains(&max), "{max}");
+    let ping = cframe(true, 9, b"x");
+    let mut c = server(now);
+    c.receive(&ping[..3], now);
+    assert!(!offered(&mut c), "control frames go through receive");
+}
+
+#[test]
+fn direct_read_that_removes_bytes_fails_with_1011_instead_of_losing_them_silently() {
+    let now = Instant::now();
+    let mut s = server(now);
+    let frame = cframe(true, 2, &[9; 30_000]);
+    s.receive(&frame[..5_000], now);
+    s.read_payload_with(now, |buf, _| buf.truncate(10)).unwrap();
+    match events(&mut s).as_slice() {
+        [Event::Error(e)] => {
+            assert_eq!(e, &ProtocolError::Internal);
+            assert_eq!(e.close_code(), close_code::INTERNAL_ERROR);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.state(), State::Closed);
+}
+
+#[test]
+fn direct_read_of_invalid_utf8_fails_fast_with_1007() {
+    let now = Instant::now();
+    let mut s = server(now);
+    let mut text = vec![b'a'; 30_000];
+    text[20_000] = 0xFF;
+    let frame = cframe(true, 1, &text);
+    s.receive(&frame[..8], now);
+    // Append up to the bad byte and a little past it, without finishing the frame.
+    s.read_payload_with(now, |buf, max| {
+        let k = max.min(20_100);
+        buf.extend_from_slice(&frame[8..8 + k]);
+    })
+    .unwrap();
+    assert_eq!(events(&mut s), [Event::Error(ProtocolError::InvalidUtf8)]);
+    assert!(
+        s.read_payload_with(now, |_, _| ()).is_none(),
+        "nothing more is read after a failure"
+    );
 }

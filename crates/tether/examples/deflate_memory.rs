@@ -268,8 +268,7 @@ fn codec_bytes(bits: u8, mem_level: u8) -> (isize, isize) {
             tx.enable_deflate(params, &settings);
         }
         tx.send_text(&text).expect("send");
-        let frame = tx.transmit().to_vec();
-        tx.advance_transmit(frame.len());
+        let frame = tx.take_transmit();
         (tx, frame)
     };
     // Receives one message, then keeps the receiver (whose event is taken).

@@ -2,17 +2,19 @@
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::BufMut;
 use futures_core::Stream;
 use futures_sink::Sink;
 use tether_proto::{close_code, CloseFrame, Connection, DeflateParams, Event, OpCode, Role, State};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
+use tokio_util::io::poll_read_buf;
 
 use crate::config::Config;
 use crate::error::{Error, Response, Result};
@@ -99,6 +101,9 @@ impl From<&[u8]> for Message {
 
 /// How many reads one poll may make before it yields to other tasks.
 const MAX_READS_PER_POLL: usize = 16;
+/// Parts handed to one vectored write: the transmit buffer and the payloads queued by value
+/// come in alternation, and a few suffice to keep the socket's buffer full.
+const MAX_WRITE_PARTS: usize = 8;
 /// Size of the per-thread read buffer. Connections hold no read buffer of their own: bytes
 /// are read here and the protocol core keeps only what belongs to unfinished frames.
 const SCRATCH_SIZE: usize = 64 << 10;
@@ -137,6 +142,8 @@ struct Inner<S> {
     proto: Connection,
     timer: Option<Pin<Box<Sleep>>>,
     armed: Option<std::time::Instant>,
+    /// The waker the timer last registered, to skip re-polling it for the same task.
+    timer_waker: Option<Waker>,
     eof: bool,
     done: bool,
     split: bool,
@@ -167,8 +174,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     }
 
     fn write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let vectored = self.io.is_write_vectored();
         while self.proto.buffered_amount() > 0 {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, self.proto.transmit()))?;
+            let io = Pin::new(&mut self.io);
+            // One vectored write when a payload queued by value follows the buffer; a plain
+            // write when everything is in one part (the common case for small messages).
+            let n = if vectored && self.proto.transmit().len() < self.proto.buffered_amount() {
+                let mut parts = [IoSlice::new(&[]); MAX_WRITE_PARTS];
+                let filled = self.proto.transmit_vectored(&mut parts);
+                ready!(io.poll_write_vectored(cx, &parts[..filled]))?
+            } else {
+                ready!(io.poll_write(cx, self.proto.transmit()))?
+            };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -183,21 +200,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             return Poll::Pending;
         };
         let deadline = tokio::time::Instant::from_std(at);
-        match &mut self.timer {
-            Some(t) if self.armed == Some(at) => t.as_mut().poll(cx),
+        let t = match &mut self.timer {
+            Some(t) if self.armed == Some(at) => {
+                // Armed at this deadline and registered with this task already: nothing to
+                // do (the deadline rarely moves, and this runs on every poll).
+                let registered = self
+                    .timer_waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()));
+                if registered && !t.is_elapsed() {
+                    return Poll::Pending;
+                }
+                t
+            }
             Some(t) => {
                 t.as_mut().reset(deadline);
-                self.armed = Some(at);
-                t.as_mut().poll(cx)
+                t
             }
-            None => {
-                let t = self
-                    .timer
-                    .insert(Box::pin(tokio::time::sleep_until(deadline)));
-                self.armed = Some(at);
-                t.as_mut().poll(cx)
-            }
-        }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.armed = Some(at);
+        let polled = t.as_mut().poll(cx);
+        self.timer_waker = polled.is_pending().then(|| cx.waker().clone());
+        polled
     }
 
     /// Makes progress on the connection without taking events: runs due timers, writes what
@@ -207,17 +234,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         if self.done {
             return Poll::Ready(Ok(()));
         }
+        // One clock read serves the whole poll.
+        let now = now();
         if let Some(signal) = &self.close_signal {
             if signal.is_requested() && self.proto.state() == State::Open {
                 let _ = self
                     .proto
-                    .close(close_code::GOING_AWAY, "server shutting down", now());
+                    .close(close_code::GOING_AWAY, "server shutting down", now);
                 return Poll::Ready(Ok(()));
             }
             signal.waker.register(cx.waker());
         }
-        if self.proto.poll_timeout().is_some_and(|at| at <= now()) {
-            self.proto.handle_timeout(now());
+        if self.proto.poll_timeout().is_some_and(|at| at <= now) {
+            self.proto.handle_timeout(now);
             return Poll::Ready(Ok(()));
         }
         let write = self.poll_write_out(cx);
@@ -232,11 +261,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             return Poll::Ready(Ok(()));
         }
         if !self.eof {
-            match self.poll_read_once(cx) {
+            match self.poll_read_once(cx, now) {
                 Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
                 Poll::Ready(Err(e)) => {
                     self.eof = true;
-                    self.proto.receive_eof(now());
+                    self.proto.receive_eof(now);
                     if self.proto.peer_close().is_none() {
                         return Poll::Ready(Err(Error::Io(e)));
                     }
@@ -251,7 +280,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         }
     }
 
-    fn poll_read_once(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_read_once(
+        &mut self,
+        cx: &mut Context<'_>,
+        now: std::time::Instant,
+    ) -> Poll<io::Result<()>> {
+        // The rest of a large frame goes straight into the message buffer.
+        let Self { io, proto, .. } = &mut *self;
+        let direct = proto.read_payload_with(now, |payload, max| {
+            let mut limited = BufMut::limit(payload, max);
+            poll_read_buf(Pin::new(&mut *io), cx, &mut limited)
+        });
+        if let Some(read) = direct {
+            if ready!(read)? == 0 {
+                self.eof = true;
+                self.proto.receive_eof(now);
+            }
+            return Poll::Ready(Ok(()));
+        }
         SCRATCH.with(|cell| {
             let mut fallback;
             let mut guard = cell.try_borrow_mut();
@@ -271,9 +317,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             let n = rb.filled().len();
             if n == 0 {
                 self.eof = true;
-                self.proto.receive_eof(now());
+                self.proto.receive_eof(now);
             } else {
-                self.proto.receive(rb.filled(), now());
+                self.proto.receive(rb.filled(), now);
             }
             Poll::Ready(Ok(()))
         })
@@ -318,10 +364,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         Poll::Ready(Ok(()))
     }
 
-    fn start_send(&mut self, msg: &Message) -> Result<()> {
+    fn start_send(&mut self, msg: Message) -> Result<()> {
         let r = match msg {
-            Message::Text(t) => self.proto.send_text(t),
-            Message::Binary(b) => self.proto.send_binary(b),
+            Message::Text(t) => self
+                .proto
+                .send_message_owned(OpCode::Text, t.into_bytes(), true),
+            Message::Binary(b) => self.proto.send_message_owned(OpCode::Binary, b, true),
         };
         r.map_err(|_| Error::ConnectionClosed)
     }
@@ -426,6 +474,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 proto,
                 timer: None,
                 armed: None,
+                timer_waker: None,
                 eof: false,
                 done: false,
                 split: false,
@@ -484,7 +533,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub async fn send(&mut self, msg: impl Into<Message>) -> Result<()> {
         let msg = msg.into();
         poll_fn(|cx| self.inner.poll_ready(cx)).await?;
-        self.inner.start_send(&msg)?;
+        self.inner.start_send(msg)?;
         if self.inner.may_coalesce() {
             return Ok(());
         }
@@ -496,13 +545,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub async fn send_uncompressed(&mut self, msg: impl Into<Message>) -> Result<()> {
         let msg = msg.into();
         poll_fn(|cx| self.inner.poll_ready(cx)).await?;
-        let (opcode, bytes) = match &msg {
-            Message::Text(t) => (OpCode::Text, t.as_bytes()),
-            Message::Binary(b) => (OpCode::Binary, &b[..]),
+        let (opcode, bytes) = match msg {
+            Message::Text(t) => (OpCode::Text, t.into_bytes()),
+            Message::Binary(b) => (OpCode::Binary, b),
         };
         self.inner
             .proto
-            .send_message(opcode, bytes, false)
+            .send_message_owned(opcode, bytes, false)
             .map_err(|_| Error::ConnectionClosed)?;
         poll_fn(|cx| self.inner.poll_flush(cx)).await
     }
@@ -612,7 +661,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
     }
 
     fn start_send(self: Pin<&mut Self>, item: Message) -> Result<()> {
-        self.get_mut().inner.start_send(&item)
+        self.get_mut().inner.start_send(item)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
@@ -656,7 +705,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsSender<S> {
     pub async fn send(&mut self, msg: impl Into<Message>) -> Result<()> {
         let msg = msg.into();
         poll_fn(|cx| self.shared.lock().poll_ready(cx)).await?;
-        self.shared.lock().start_send(&msg)?;
+        self.shared.lock().start_send(msg)?;
         poll_fn(|cx| self.shared.lock().poll_flush(cx)).await
     }
 
@@ -706,7 +755,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsSender<S> {
     }
 
     fn start_send(self: Pin<&mut Self>, item: Message) -> Result<()> {
-        self.shared.lock().start_send(&item)
+        self.shared.lock().start_send(item)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {

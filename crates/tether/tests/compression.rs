@@ -229,7 +229,7 @@ fn compressed_frame(role: Role, params: DeflateParams, opcode: u8, data: &[u8]) 
         _ => conn.send_binary(data),
     };
     result.expect("the core queues the message");
-    let frame = conn.transmit().to_vec();
+    let frame = conn.take_transmit();
     let parsed = parse_frame(&frame).expect("one complete frame");
     assert!(parsed.rsv1, "the core compressed the message");
     assert_eq!(parsed.raw.len(), frame.len(), "one frame");

@@ -876,3 +876,144 @@ async fn echo_loop_answers_sixteen_pipelined_frames() {
         log.writes()
     );
 }
+
+// ----- payloads sent by value and read in place -----
+
+/// A transport that writes vectored, but accepts at most `max` bytes per write, so that
+/// writes end in the middle of a frame header or payload. Counts the writes that gathered
+/// more than one part.
+struct Choppy<S> {
+    io: S,
+    max: usize,
+    gathered: Arc<AtomicUsize>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Choppy<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Choppy<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = buf.len().min(this.max);
+        Pin::new(&mut this.io).poll_write(cx, &buf[..n])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let mut gathered = Vec::new();
+        let mut parts = 0;
+        for b in bufs {
+            if gathered.len() == this.max {
+                break;
+            }
+            let take = b.len().min(this.max - gathered.len());
+            gathered.extend_from_slice(&b[..take]);
+            parts += usize::from(take > 0);
+        }
+        let result = Pin::new(&mut this.io).poll_write(cx, &gathered);
+        if let Poll::Ready(Ok(n)) = result {
+            if parts > 1 && n > 0 {
+                this.gathered.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn large_messages_survive_vectored_writes_cut_anywhere() {
+    let gathered = Arc::new(AtomicUsize::new(0));
+    let (a, b) = duplex(100_000);
+    let chop = |io, max| Choppy {
+        io,
+        max,
+        gathered: gathered.clone(),
+    };
+    let c = client(chop(a, 7_777), &quiet());
+    spawn_echo(server(chop(b, 50_001), &quiet()));
+    // Around the 8 KiB thresholds for sending by value and reading in place, and larger.
+    let sizes = [0, 5, 8191, 8192, 8193, 16_384, 70_000, 300_000, 1 << 20];
+    let mut messages = Vec::new();
+    for &n in &sizes {
+        messages.push(Message::binary(big_binary(n)));
+        messages.push(Message::text(big_text(n)));
+    }
+    // All sent before any is read back: sends queue behind each other.
+    let sent = messages.clone();
+    let (mut tx, mut rx) = c.split();
+    let writer = tokio::spawn(async move {
+        for m in sent {
+            tx.send(m).await.unwrap();
+        }
+        tx
+    });
+    for (i, m) in messages.iter().enumerate() {
+        let back = timeout(DEADLOCK_GUARD, rx.recv())
+            .await
+            .expect("echo in time")
+            .expect("connection open")
+            .expect("no error");
+        assert!(
+            &back == m,
+            "message {i} ({} bytes) came back changed",
+            m.len()
+        );
+    }
+    writer.await.unwrap();
+    assert!(
+        gathered.load(Ordering::SeqCst) > 0,
+        "no write gathered a header and a payload sent by value"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn recv_cancelled_while_reading_large_frames_in_place_loses_nothing() {
+    const N: usize = 12;
+    let (a, peer) = duplex(1 << 16);
+    let mut ws = client(a, &quiet());
+    // Frames well over 8 KiB, trickled: most of each is read straight into the message.
+    let expected: Vec<String> = (0..N).map(|i| big_text(20_000 + 4_999 * i)).collect();
+    spawn_trickle(peer, expected.clone(), 3_000, Duration::from_millis(1));
+    let mut got = Vec::new();
+    let mut cancelled = 0usize;
+    while got.len() < N {
+        match timeout(Duration::from_micros(1500), ws.recv()).await {
+            Ok(Some(Ok(Message::Text(t)))) => got.push(t),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => cancelled += 1,
+        }
+        assert!(cancelled < 100_000, "messages stopped arriving");
+    }
+    assert!(
+        got == expected,
+        "messages were lost, duplicated or reordered"
+    );
+    assert!(cancelled >= N, "recv was cancelled only {cancelled} times");
+}
