@@ -149,7 +149,9 @@ impl ClientBuilder {
 
     /// Opens one connection, following redirects. Nothing is retried.
     pub async fn connect(&self) -> Result<WebSocket> {
-        self.connect_to(&self.url, &self.headers).await
+        // Boxed: the opening's state (DNS, proxy, TLS, redirects) lives on the heap while it
+        // runs instead of staying part of the caller's future for the connection's life.
+        Box::pin(self.connect_to(&self.url, &self.headers)).await
     }
 
     /// Opens one connection to `url` with `headers` (used by the reconnect loop, whose

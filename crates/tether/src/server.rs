@@ -223,7 +223,10 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     config: &ServerConfig,
 ) -> Result<Option<(WebSocket<S>, Request)>> {
     let deadline = Instant::now() + config.open_timeout;
-    accept_until(io, config, deadline, None).await
+    // Boxed: the handshake's state (about 1 KB) lives on the heap while it runs, instead of
+    // staying part of the caller's future, and so of every connection task, for the whole
+    // life of the connection.
+    Box::pin(accept_until(io, config, deadline, None)).await
 }
 
 async fn accept_until<S: AsyncRead + AsyncWrite + Unpin>(
