@@ -16,20 +16,11 @@ use tether_proto::DeflateConfig;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Largest message accepted, after reassembly and decompression; larger messages close the
-    /// connection with 1009. Default: 64 MiB.
-    pub max_message_size: usize,
-    /// Largest frame accepted; larger frames close with 1009. Default: 16 MiB.
-    pub max_frame_size: usize,
-    /// Most frames one message may be split into; more close with 1009. Default: 131,072.
-    pub max_fragments: usize,
-    /// Keepalive ping period; `None` disables keepalive. Default: 20 s.
-    pub ping_interval: Option<Duration>,
-    /// A keepalive ping unanswered this long closes the connection with 1011 and `recv`
-    /// returns a keepalive error. `None`: never. Default: 20 s.
-    pub ping_timeout: Option<Duration>,
-    /// Longest wait for the peer during the closing handshake. Default: 10 s.
-    pub close_timeout: Duration,
+    /// The protocol core's limits and timers, with their defaults documented on
+    /// [`tether_proto::Config`]: largest message (64 MiB, after decompression) and frame
+    /// (16 MiB), most fragments per message (131,072), keepalive ping interval and timeout
+    /// (20 s each) and close timeout (10 s). The chained setters below change them.
+    pub core: tether_proto::Config,
     /// `send` waits while more than this many bytes are queued… Default: 64 KiB.
     pub write_buffer_high: usize,
     /// …until no more than this many are. Default: 16 KiB.
@@ -45,14 +36,8 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        let p = tether_proto::Config::default();
         Self {
-            max_message_size: p.max_message_size,
-            max_frame_size: p.max_frame_size,
-            max_fragments: p.max_fragments,
-            ping_interval: p.ping_interval,
-            ping_timeout: p.ping_timeout,
-            close_timeout: p.close_timeout,
+            core: tether_proto::Config::default(),
             write_buffer_high: 64 << 10,
             write_buffer_low: 16 << 10,
             compression: Some(DeflateConfig::default()),
@@ -61,34 +46,34 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Sets [`Config::max_message_size`].
+    /// Sets [`tether_proto::Config::max_message_size`].
     pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes;
+        self.core.max_message_size = bytes;
         self
     }
-    /// Sets [`Config::max_frame_size`].
+    /// Sets [`tether_proto::Config::max_frame_size`].
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
-        self.max_frame_size = bytes;
+        self.core.max_frame_size = bytes;
         self
     }
-    /// Sets [`Config::max_fragments`].
+    /// Sets [`tether_proto::Config::max_fragments`].
     pub fn max_fragments(mut self, count: usize) -> Self {
-        self.max_fragments = count;
+        self.core.max_fragments = count;
         self
     }
-    /// Sets [`Config::ping_interval`].
+    /// Sets [`tether_proto::Config::ping_interval`].
     pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
-        self.ping_interval = interval;
+        self.core.ping_interval = interval;
         self
     }
-    /// Sets [`Config::ping_timeout`].
+    /// Sets [`tether_proto::Config::ping_timeout`].
     pub fn ping_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.ping_timeout = timeout;
+        self.core.ping_timeout = timeout;
         self
     }
-    /// Sets [`Config::close_timeout`].
+    /// Sets [`tether_proto::Config::close_timeout`].
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
-        self.close_timeout = timeout;
+        self.core.close_timeout = timeout;
         self
     }
     /// Sets the write buffer's high and low water marks (see [`Config::write_buffer_high`]).
@@ -102,16 +87,5 @@ impl Config {
     pub fn compression(mut self, compression: Option<DeflateConfig>) -> Self {
         self.compression = compression;
         self
-    }
-
-    pub(crate) fn proto_config(&self) -> tether_proto::Config {
-        tether_proto::Config {
-            max_message_size: self.max_message_size,
-            max_frame_size: self.max_frame_size,
-            max_fragments: self.max_fragments,
-            ping_interval: self.ping_interval,
-            ping_timeout: self.ping_timeout,
-            close_timeout: self.close_timeout,
-        }
     }
 }

@@ -474,8 +474,8 @@ impl Server {
         // Graceful shutdown: close what is open, then wait for it.
         self.handle.shutdown();
         drop(self.listener);
-        let grace =
-            self.config.config.close_timeout + self.config.open_timeout.min(Duration::from_secs(1));
+        let grace = self.config.config.core.close_timeout
+            + self.config.open_timeout.min(Duration::from_secs(1));
         let deadline = Instant::now() + grace + Duration::from_secs(1);
         while !tasks.is_empty() {
             if timeout_at(deadline, tasks.join_next()).await.is_err() {

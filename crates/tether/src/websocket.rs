@@ -460,7 +460,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         deflate: Option<DeflateParams>,
         leftover: &[u8],
     ) -> Self {
-        let mut proto = Connection::new(role, config.proto_config(), now());
+        let mut proto = Connection::new(role, config.core.clone(), now());
         if let Some(params) = deflate {
             let settings = config.compression.clone().unwrap_or_default();
             proto.enable_deflate(params, &settings);
