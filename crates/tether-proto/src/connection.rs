@@ -395,9 +395,8 @@ impl Connection {
                         self.grow_payload(n);
                         let start = self.buf.len();
                         self.buf.extend_from_slice(chunk);
-                        if let Some(key) = self.frame.mask {
-                            apply_mask(&mut self.buf[start..], key, offset);
-                        }
+                        self.payload_appended(start, now);
+                        continue;
                     }
                     self.frame.got += n as u64;
                     if self.frame.got == self.frame.len {
@@ -443,16 +442,8 @@ impl Connection {
             return Some(result);
         }
         self.buf.truncate(start + max);
-        let n = self.buf.len() - start;
-        if n > 0 {
-            let offset = self.frame.got as usize;
-            if let Some(key) = self.frame.mask {
-                apply_mask(&mut self.buf[start..], key, offset);
-            }
-            self.frame.got += n as u64;
-            if self.frame.got == self.frame.len {
-                self.end_frame(now);
-            }
+        if self.buf.len() > start {
+            self.payload_appended(start, now);
             self.check_partial_text(now);
         }
         Some(result)
@@ -522,12 +513,7 @@ impl Connection {
         payload: &[u8],
         compress: bool,
     ) -> Result<(), SendError> {
-        if !matches!(opcode, OpCode::Text | OpCode::Binary) {
-            return Err(SendError::NotData);
-        }
-        if self.close_sent {
-            return Err(SendError::Closed);
-        }
+        self.check_message(opcode)?;
         if !(compress && self.send_compressed(opcode, payload)) {
             self.write_frame(opcode, payload);
         }
@@ -545,12 +531,7 @@ impl Connection {
         payload: Vec<u8>,
         compress: bool,
     ) -> Result<(), SendError> {
-        if !matches!(opcode, OpCode::Text | OpCode::Binary) {
-            return Err(SendError::NotData);
-        }
-        if self.close_sent {
-            return Err(SendError::Closed);
-        }
+        self.check_message(opcode)?;
         if compress && self.send_compressed(opcode, &payload) {
             return Ok(());
         }
@@ -558,6 +539,17 @@ impl Connection {
             self.write_frame(opcode, &payload);
         } else {
             self.write_frame_owned(opcode, payload, false);
+        }
+        Ok(())
+    }
+
+    /// Refuses a message of a kind that is not data, or after our Close went out.
+    fn check_message(&self, opcode: OpCode) -> Result<(), SendError> {
+        if !matches!(opcode, OpCode::Text | OpCode::Binary) {
+            return Err(SendError::NotData);
+        }
+        if self.close_sent {
+            return Err(SendError::Closed);
         }
         Ok(())
     }
@@ -902,6 +894,18 @@ impl Connection {
             extra = extra.min(remaining).max(n);
         }
         self.buf.reserve_exact(extra);
+    }
+
+    /// Takes the payload bytes just appended to the message buffer at `start`: unmasks them
+    /// and advances the frame, ending it when complete.
+    fn payload_appended(&mut self, start: usize, now: Instant) {
+        if let Some(key) = self.frame.mask {
+            apply_mask(&mut self.buf[start..], key, self.frame.got as usize);
+        }
+        self.frame.got += (self.buf.len() - start) as u64;
+        if self.frame.got == self.frame.len {
+            self.end_frame(now);
+        }
     }
 
     /// Fails fast on invalid UTF-8 inside a text message still in progress.

@@ -469,16 +469,15 @@ async fn recv_cancelled_by_select_loses_and_duplicates_nothing() {
     assert!(cancelled > N, "recv was cancelled only {cancelled} times");
 }
 
-#[tokio::test(start_paused = true)]
-async fn recv_cancelled_by_timeout_loses_and_duplicates_nothing() {
-    const N: usize = 40;
+/// Trickles `expected` to a client in `chunk`-byte writes a millisecond apart while `recv` is
+/// cancelled by a 1.5 ms timeout again and again; every message must arrive once, in order.
+async fn recv_under_timeouts_gets_every_message(expected: Vec<String>, chunk: usize) {
     let (a, peer) = duplex(1 << 16);
     let mut ws = client(a, &quiet());
-    let expected: Vec<String> = (0..N).map(|i| big_text(3000 + i)).collect();
-    spawn_trickle(peer, expected.clone(), 1000, Duration::from_millis(1));
+    spawn_trickle(peer, expected.clone(), chunk, Duration::from_millis(1));
     let mut got = Vec::new();
     let mut cancelled = 0usize;
-    while got.len() < N {
+    while got.len() < expected.len() {
         match timeout(Duration::from_micros(1500), ws.recv()).await {
             Ok(Some(Ok(Message::Text(t)))) => got.push(t),
             Ok(other) => panic!("unexpected {other:?}"),
@@ -490,7 +489,16 @@ async fn recv_cancelled_by_timeout_loses_and_duplicates_nothing() {
         got == expected,
         "messages were lost, duplicated or reordered"
     );
-    assert!(cancelled >= N, "recv was cancelled only {cancelled} times");
+    assert!(
+        cancelled >= expected.len(),
+        "recv was cancelled only {cancelled} times"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn recv_cancelled_by_timeout_loses_and_duplicates_nothing() {
+    let expected = (0..40).map(|i| big_text(3000 + i)).collect();
+    recv_under_timeouts_gets_every_message(expected, 1000).await;
 }
 
 // ----- backpressure -----
@@ -995,25 +1003,7 @@ async fn large_messages_survive_vectored_writes_cut_anywhere() {
 
 #[tokio::test(start_paused = true)]
 async fn recv_cancelled_while_reading_large_frames_in_place_loses_nothing() {
-    const N: usize = 12;
-    let (a, peer) = duplex(1 << 16);
-    let mut ws = client(a, &quiet());
     // Frames well over 8 KiB, trickled: most of each is read straight into the message.
-    let expected: Vec<String> = (0..N).map(|i| big_text(20_000 + 4_999 * i)).collect();
-    spawn_trickle(peer, expected.clone(), 3_000, Duration::from_millis(1));
-    let mut got = Vec::new();
-    let mut cancelled = 0usize;
-    while got.len() < N {
-        match timeout(Duration::from_micros(1500), ws.recv()).await {
-            Ok(Some(Ok(Message::Text(t)))) => got.push(t),
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(_) => cancelled += 1,
-        }
-        assert!(cancelled < 100_000, "messages stopped arriving");
-    }
-    assert!(
-        got == expected,
-        "messages were lost, duplicated or reordered"
-    );
-    assert!(cancelled >= N, "recv was cancelled only {cancelled} times");
+    let expected = (0..12).map(|i| big_text(20_000 + 4_999 * i)).collect();
+    recv_under_timeouts_gets_every_message(expected, 3_000).await;
 }
