@@ -223,7 +223,6 @@ pub struct Connection {
     out_pos: usize,
     /// Large payloads queued by value, each to be written after `out[..at]`.
     owned: VecDeque<OwnedPayload>,
-    owned_bytes: usize,
 
     close_sent: bool,
     peer_close: Option<Option<CloseFrame>>,
@@ -271,7 +270,6 @@ impl Connection {
             out: Vec::new(),
             out_pos: 0,
             owned: VecDeque::new(),
-            owned_bytes: 0,
             close_sent: false,
             peer_close: None,
             peer_close_at: None,
@@ -395,13 +393,9 @@ impl Connection {
                         self.grow_payload(n);
                         let start = self.buf.len();
                         self.buf.extend_from_slice(chunk);
-                        self.payload_appended(start, now);
-                        continue;
+                        self.unmask_from(start);
                     }
-                    self.frame.got += n as u64;
-                    if self.frame.got == self.frame.len {
-                        self.end_frame(now);
-                    }
+                    self.advance_frame(n, now);
                 }
             }
         }
@@ -423,14 +417,15 @@ impl Connection {
         now: Instant,
         read: impl FnOnce(&mut Vec<u8>, usize) -> R,
     ) -> Option<R> {
+        let remaining = self.frame.len - self.frame.got;
         if self.phase != ReadPhase::Payload
-            || self.frame.len - self.frame.got < DIRECT_MIN as u64
+            || remaining < DIRECT_MIN as u64
             || self.frame.opcode.is_control()
             || self.compressed
         {
             return None;
         }
-        let remaining = usize::try_from(self.frame.len - self.frame.got).unwrap_or(usize::MAX);
+        let remaining = usize::try_from(remaining).unwrap_or(usize::MAX);
         // Room for what may come next, capped at the frame's end; `read` fills what it can.
         self.grow_payload(remaining.min(self.buf.len().max(DIRECT_MIN)));
         let start = self.buf.len();
@@ -442,8 +437,10 @@ impl Connection {
             return Some(result);
         }
         self.buf.truncate(start + max);
-        if self.buf.len() > start {
-            self.payload_appended(start, now);
+        let n = self.buf.len() - start;
+        if n > 0 {
+            self.unmask_from(start);
+            self.advance_frame(n, now);
             self.check_partial_text(now);
         }
         Some(result)
@@ -681,7 +678,6 @@ impl Connection {
                 if let Some(o) = self.owned.front_mut() {
                     o.pos += k;
                 }
-                self.owned_bytes -= k;
                 n -= k;
                 if k == left {
                     self.owned.pop_front();
@@ -715,7 +711,8 @@ impl Connection {
 
     /// How many bytes are queued for the transport.
     pub fn buffered_amount(&self) -> usize {
-        self.out.len() - self.out_pos + self.owned_bytes
+        let owned: usize = self.owned.iter().map(|o| o.data.len() - o.pos).sum();
+        self.out.len() - self.out_pos + owned
     }
 
     /// The next event, if any.
@@ -896,13 +893,17 @@ impl Connection {
         self.buf.reserve_exact(extra);
     }
 
-    /// Takes the payload bytes just appended to the message buffer at `start`: unmasks them
-    /// and advances the frame, ending it when complete.
-    fn payload_appended(&mut self, start: usize, now: Instant) {
+    /// Unmasks the payload bytes of the current frame appended to the message buffer from
+    /// `start` on (before `advance_frame` counts them).
+    fn unmask_from(&mut self, start: usize) {
         if let Some(key) = self.frame.mask {
             apply_mask(&mut self.buf[start..], key, self.frame.got as usize);
         }
-        self.frame.got += (self.buf.len() - start) as u64;
+    }
+
+    /// Counts `n` more payload bytes of the current frame, ending it when complete.
+    fn advance_frame(&mut self, n: usize, now: Instant) {
+        self.frame.got += n as u64;
         if self.frame.got == self.frame.len {
             self.end_frame(now);
         }
@@ -1122,7 +1123,6 @@ impl Connection {
         if let Some(key) = mask {
             apply_mask(&mut payload, key, 0);
         }
-        self.owned_bytes += payload.len();
         self.owned.push_back(OwnedPayload {
             at: self.out.len(),
             data: payload,

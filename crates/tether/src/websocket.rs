@@ -177,9 +177,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         let vectored = self.io.is_write_vectored();
         while self.proto.buffered_amount() > 0 {
             let io = Pin::new(&mut self.io);
-            // One vectored write when a payload queued by value follows the buffer; a plain
-            // write when everything is in one part (the common case for small messages).
-            let n = if vectored && self.proto.transmit().len() < self.proto.buffered_amount() {
+            // Payloads queued by value are parts of their own: one vectored write takes them
+            // with the frame headers around them.
+            let n = if vectored {
                 let mut parts = [IoSlice::new(&[]); MAX_WRITE_PARTS];
                 let filled = self.proto.transmit_vectored(&mut parts);
                 ready!(io.poll_write_vectored(cx, &parts[..filled]))?
@@ -364,14 +364,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         Poll::Ready(Ok(()))
     }
 
-    fn start_send(&mut self, msg: Message) -> Result<()> {
-        let r = match msg {
-            Message::Text(t) => self
-                .proto
-                .send_message_owned(OpCode::Text, t.into_bytes(), true),
-            Message::Binary(b) => self.proto.send_message_owned(OpCode::Binary, b, true),
+    /// Queues `msg`, compressed if permessage-deflate is in use and `compress` is set.
+    fn start_send(&mut self, msg: Message, compress: bool) -> Result<()> {
+        let (opcode, bytes) = match msg {
+            Message::Text(t) => (OpCode::Text, t.into_bytes()),
+            Message::Binary(b) => (OpCode::Binary, b),
         };
-        r.map_err(|_| Error::ConnectionClosed)
+        self.proto
+            .send_message_owned(opcode, bytes, compress)
+            .map_err(|_| Error::ConnectionClosed)
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
@@ -533,7 +534,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub async fn send(&mut self, msg: impl Into<Message>) -> Result<()> {
         let msg = msg.into();
         poll_fn(|cx| self.inner.poll_ready(cx)).await?;
-        self.inner.start_send(msg)?;
+        self.inner.start_send(msg, true)?;
         if self.inner.may_coalesce() {
             return Ok(());
         }
@@ -545,14 +546,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub async fn send_uncompressed(&mut self, msg: impl Into<Message>) -> Result<()> {
         let msg = msg.into();
         poll_fn(|cx| self.inner.poll_ready(cx)).await?;
-        let (opcode, bytes) = match msg {
-            Message::Text(t) => (OpCode::Text, t.into_bytes()),
-            Message::Binary(b) => (OpCode::Binary, b),
-        };
-        self.inner
-            .proto
-            .send_message_owned(opcode, bytes, false)
-            .map_err(|_| Error::ConnectionClosed)?;
+        self.inner.start_send(msg, false)?;
         poll_fn(|cx| self.inner.poll_flush(cx)).await
     }
 
@@ -661,7 +655,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
     }
 
     fn start_send(self: Pin<&mut Self>, item: Message) -> Result<()> {
-        self.get_mut().inner.start_send(item)
+        self.get_mut().inner.start_send(item, true)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
@@ -705,7 +699,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsSender<S> {
     pub async fn send(&mut self, msg: impl Into<Message>) -> Result<()> {
         let msg = msg.into();
         poll_fn(|cx| self.shared.lock().poll_ready(cx)).await?;
-        self.shared.lock().start_send(msg)?;
+        self.shared.lock().start_send(msg, true)?;
         poll_fn(|cx| self.shared.lock().poll_flush(cx)).await
     }
 
@@ -755,7 +749,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsSender<S> {
     }
 
     fn start_send(self: Pin<&mut Self>, item: Message) -> Result<()> {
-        self.shared.lock().start_send(item)
+        self.shared.lock().start_send(item, true)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
