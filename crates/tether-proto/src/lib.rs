@@ -14,6 +14,7 @@ pub mod deflate;
 mod error;
 pub mod frame;
 pub mod handshake;
+pub mod http;
 pub mod mask;
 mod utf8;
 

@@ -292,26 +292,28 @@ async fn accept_until<S: AsyncRead + AsyncWrite + Unpin>(
         reply(&mut io, &response.to_bytes()).await;
         return Ok(None);
     }
-    let subprotocol = config
-        .subprotocols
-        .iter()
-        .find(|p| request.subprotocols.iter().any(|o| o == *p))
-        .cloned();
-    let negotiated = match (&config.config.compression, &request.extensions) {
-        (Some(settings), Some(offers)) => settings.server_accept(offers),
-        _ => None,
-    };
-    let (extensions, deflate) = match negotiated {
-        Some((header, params)) => (Some(header), Some(params)),
-        None => (None, None),
-    };
-    let response =
-        handshake::accept_response(&request, subprotocol.as_deref(), extensions.as_deref(), &[]);
+    let negotiated = handshake::negotiate(
+        &request,
+        &config.subprotocols,
+        config.config.compression.as_ref(),
+    );
+    let response = handshake::accept_response(
+        &request,
+        negotiated.subprotocol.as_deref(),
+        negotiated.extensions.as_deref(),
+        &[],
+    );
     timeout_at(deadline, io.write_all(&response))
         .await
         .map_err(|_| Error::Timeout(Phase::Handshake))??;
-    let ws = WebSocket::with_deflate(io, Role::Server, &config.config, deflate, &leftover)
-        .with_negotiated(subprotocol, extensions);
+    let ws = WebSocket::with_deflate(
+        io,
+        Role::Server,
+        &config.config,
+        negotiated.deflate,
+        &leftover,
+    )
+    .with_negotiated(negotiated.subprotocol, negotiated.extensions);
     Ok(Some((ws, request)))
 }
 
