@@ -79,7 +79,7 @@ async fn tether_client(
     let mut sent = VecDeque::with_capacity(inflight);
     for _ in 0..inflight {
         sent.push_back(Instant::now());
-        if let Err(e) = ws.send(tether::Message::Binary(payload.clone())).await {
+        if let Err(e) = ws.send(tether::Message::binary(payload.clone())).await {
             return shared.error(e);
         }
     }

@@ -243,7 +243,7 @@ impl Session {
                 },
                 event = self.input.recv(), if !self.input_closed => match event {
                     Some(InputEvent::Line(line)) => {
-                        if ws.send(Message::Text(line.clone())).await.is_err() {
+                        if ws.send(Message::text(line.as_str())).await.is_err() {
                             // The connection is going away: the line waits for the next one.
                             self.enqueue(line);
                         }

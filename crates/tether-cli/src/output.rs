@@ -202,7 +202,7 @@ impl Output {
     pub(crate) fn message(&self, msg: &Message) {
         if self.json {
             let (kind, data) = match msg {
-                Message::Text(t) => ("text", t.clone()),
+                Message::Text(t) => ("text", t.to_string()),
                 Message::Binary(b) => (
                     "binary",
                     base64::engine::general_purpose::STANDARD.encode(b),
@@ -212,7 +212,7 @@ impl Output {
             return;
         }
         match msg {
-            Message::Text(t) => self.stdout_line(t.clone()),
+            Message::Text(t) => self.stdout_line(t.to_string()),
             Message::Binary(b) => self.stdout_line(binary_summary(b)),
         }
     }

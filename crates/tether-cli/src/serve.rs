@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
-use tether::{HttpResponse, Message, Server, ServerConfig, ShutdownHandle, WebSocket};
+use tether::{
+    HttpResponse, Message, PreparedMessage, Server, ServerConfig, ShutdownHandle, WebSocket,
+};
 use tokio::sync::mpsc;
 
 use crate::args::ServeArgs;
@@ -20,6 +22,8 @@ use crate::{EXIT_FATAL, EXIT_OK, EXIT_USAGE};
 
 /// Messages waiting for one slow broadcast receiver before further ones are dropped for it.
 const BROADCAST_BACKLOG: usize = 256;
+/// Most broadcast messages queued for one receiver before they are written out together.
+const BROADCAST_BATCH: usize = 64;
 
 /// Runs `tether serve`; returns the exit status.
 pub(crate) async fn run(args: ServeArgs) -> i32 {
@@ -139,10 +143,12 @@ async fn echo(ws: &mut WebSocket, log: &Log) {
 }
 
 /// The outboxes of the clients connected in `--broadcast` mode.
-type Peers = Arc<Mutex<HashMap<u64, mpsc::Sender<Message>>>>;
+type Peers = Arc<Mutex<HashMap<u64, mpsc::Sender<PreparedMessage>>>>;
 
 /// Relays every message from this client to all clients (itself included), and what others
-/// send to this client.
+/// send to this client. Each message is prepared once (framed, and compressed once for every
+/// receiver that agreed on the same deflate parameters); what waits for a receiver is queued
+/// and written out together.
 async fn relay(ws: &mut WebSocket, id: u64, peers: &Peers, log: &Log) {
     let (tx, mut outbox) = mpsc::channel(BROADCAST_BACKLOG);
     lock(peers).insert(id, tx);
@@ -151,11 +157,12 @@ async fn relay(ws: &mut WebSocket, id: u64, peers: &Peers, log: &Log) {
             received = ws.recv() => match received {
                 Some(Ok(msg)) => {
                     log.message(&msg);
+                    let prepared = PreparedMessage::from(msg);
                     let targets: Vec<_> = lock(peers).values().cloned().collect();
                     for target in targets {
                         // A client that does not keep up loses messages instead of slowing
                         // everyone down.
-                        if let Err(mpsc::error::TrySendError::Full(_)) = target.try_send(msg.clone()) {
+                        if let Err(mpsc::error::TrySendError::Full(_)) = target.try_send(prepared.clone()) {
                             log.status("a slow client missed a broadcast message");
                         }
                     }
@@ -163,8 +170,8 @@ async fn relay(ws: &mut WebSocket, id: u64, peers: &Peers, log: &Log) {
                 Some(Err(e)) => log.status(&format!("connection error: {e}")),
                 None => break,
             },
-            Some(msg) = outbox.recv() => {
-                if ws.send(msg).await.is_err() {
+            Some(first) = outbox.recv() => {
+                if send_batch(ws, first, &mut outbox).await.is_err() {
                     break;
                 }
             }
@@ -175,7 +182,24 @@ async fn relay(ws: &mut WebSocket, id: u64, peers: &Peers, log: &Log) {
     while ws.recv().await.is_some() {}
 }
 
-fn lock(peers: &Peers) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Message>>> {
+/// Queues `first` and whatever else already waits in `outbox` (up to [`BROADCAST_BATCH`]),
+/// then writes them out at once.
+async fn send_batch(
+    ws: &mut WebSocket,
+    first: PreparedMessage,
+    outbox: &mut mpsc::Receiver<PreparedMessage>,
+) -> tether::Result<()> {
+    ws.feed_prepared(&first).await?;
+    for _ in 1..BROADCAST_BATCH {
+        match outbox.try_recv() {
+            Ok(next) => ws.feed_prepared(&next).await?,
+            Err(_) => break,
+        }
+    }
+    ws.flush().await
+}
+
+fn lock(peers: &Peers) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<PreparedMessage>>> {
     // The map stays consistent whatever panicked while holding the lock.
     peers.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -231,7 +255,7 @@ impl Log {
 
     fn message(&self, msg: &Message) {
         let (kind, data) = match msg {
-            Message::Text(t) => ("text", t.clone()),
+            Message::Text(t) => ("text", t.to_string()),
             Message::Binary(b) => (
                 "binary",
                 base64::engine::general_purpose::STANDARD.encode(b),

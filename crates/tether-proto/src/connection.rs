@@ -4,12 +4,15 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::deflate::{Codec, DeflateConfig, DeflateParams};
 use crate::error::{ProtocolError, SendError};
 use crate::frame::{
     close_code, encode_frame, encode_header, is_valid_close_code, OpCode, MAX_HEADER_LEN,
 };
 use crate::mask::apply_mask;
+use crate::utf8::Utf8Bytes;
 
 /// Which end of the connection this is. Clients mask what they send; servers require it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,10 +102,11 @@ pub struct CloseFrame {
 /// Something that happened on the connection, taken with [`Connection::poll_event`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A complete text message.
-    Text(String),
-    /// A complete binary message.
-    Binary(Vec<u8>),
+    /// A complete text message. Its bytes are the buffer the message was assembled in,
+    /// handed over without a copy.
+    Text(Utf8Bytes),
+    /// A complete binary message, handed over without a copy.
+    Binary(Bytes),
     /// The peer sent a Ping; the Pong was already queued.
     Ping(Vec<u8>),
     /// The peer sent a Pong. `rtt` is set when it answers a [`Connection::ping`].
@@ -141,8 +145,9 @@ const OUT_KEEP: usize = 64 << 10;
 /// that announces a larger frame reserves no more than this until its bytes arrive (the
 /// buffer then doubles, capped at the frame's end).
 const RESERVE_AHEAD: usize = 1 << 20;
-/// Payloads at least this large handed over by value ([`Connection::send_message_owned`])
-/// are written from their own allocation instead of being copied into the transmit buffer.
+/// Payloads at least this large ([`Connection::send_message`], [`Connection::send_prepared`])
+/// are written from their own (shared) allocation instead of being copied into the transmit
+/// buffer.
 const OWNED_MIN: usize = 8 << 10;
 /// A frame with at least this many payload bytes still to come may be read straight into the
 /// message buffer ([`Connection::read_payload_with`]).
@@ -171,7 +176,7 @@ struct FrameInfo {
 struct OwnedPayload {
     /// Position in the transmit buffer this payload follows (its frame header ends there).
     at: usize,
-    data: Vec<u8>,
+    data: Bytes,
     pos: usize,
 }
 
@@ -491,52 +496,82 @@ impl Connection {
 
     // ----- commands -----
 
-    /// Queues a text message (compressed when permessage-deflate is in use).
+    /// Queues a text message (compressed when permessage-deflate is in use), copying it.
     pub fn send_text(&mut self, text: &str) -> Result<(), SendError> {
-        self.send_message(OpCode::Text, text.as_bytes(), true)
+        self.send_borrowed(OpCode::Text, text.as_bytes())
     }
 
-    /// Queues a binary message (compressed when permessage-deflate is in use).
+    /// Queues a binary message (compressed when permessage-deflate is in use), copying it.
     pub fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
-        self.send_message(OpCode::Binary, data, true)
+        self.send_borrowed(OpCode::Binary, data)
     }
 
-    /// Queues a message of kind `opcode` ([`OpCode::Text`] or [`OpCode::Binary`]; `payload`
-    /// must be UTF-8 for text). With `compress` false the message is sent uncompressed even
-    /// when permessage-deflate is in use: for data that does not compress, such as images.
-    pub fn send_message(
-        &mut self,
-        opcode: OpCode,
-        payload: &[u8],
-        compress: bool,
-    ) -> Result<(), SendError> {
+    fn send_borrowed(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
         self.check_message(opcode)?;
-        if !(compress && self.send_compressed(opcode, payload)) {
+        if !self.send_compressed(opcode, payload) {
             self.write_frame(opcode, payload);
         }
         Ok(())
     }
 
-    /// Like [`send_message`](Self::send_message), but takes the payload by value: a payload
-    /// of 8 KiB or more that is sent uncompressed is not copied into the transmit buffer but
-    /// written from its own allocation after its frame header (masked in place as a client),
-    /// and freed once written. [`transmit_vectored`](Self::transmit_vectored) hands out both
-    /// parts for one vectored write.
-    pub fn send_message_owned(
+    /// Queues a message of kind `opcode` ([`OpCode::Text`] or [`OpCode::Binary`]; `payload`
+    /// must be UTF-8 for text). With `compress` false the message is sent uncompressed even
+    /// when permessage-deflate is in use: for data that does not compress, such as images.
+    ///
+    /// A payload of 8 KiB or more that goes out uncompressed is not copied: it is written
+    /// from its own allocation after its frame header ([`transmit_vectored`] hands out both
+    /// parts for one vectored write) and released once written. As a client, the payload is
+    /// masked in place when this is its only reference, and copied otherwise.
+    ///
+    /// [`transmit_vectored`]: Self::transmit_vectored
+    pub fn send_message(
         &mut self,
         opcode: OpCode,
-        payload: Vec<u8>,
+        payload: Bytes,
         compress: bool,
     ) -> Result<(), SendError> {
         self.check_message(opcode)?;
         if compress && self.send_compressed(opcode, &payload) {
             return Ok(());
         }
-        if payload.len() < OWNED_MIN {
-            self.write_frame(opcode, &payload);
-        } else {
-            self.write_frame_owned(opcode, payload, false);
+        self.write_frame_shared(opcode, payload, false);
+        Ok(())
+    }
+
+    /// Queues a message prepared once for many connections (see [`PreparedMessage`]): the
+    /// payload is shared, not copied, and when permessage-deflate is in use without context
+    /// takeover in this direction, it is compressed once for every connection that agreed on
+    /// the same parameters (the first connection to send it compresses it). With `compress`
+    /// false, it goes out uncompressed.
+    pub fn send_prepared(
+        &mut self,
+        message: &PreparedMessage,
+        compress: bool,
+    ) -> Result<(), SendError> {
+        self.check_message(message.opcode)?;
+        if compress {
+            if let Some(codec) = self.deflate.as_deref_mut() {
+                if message.payload.len() >= codec.min_size {
+                    match codec.shared_key() {
+                        Some(key) => {
+                            let compressed = message
+                                .compressed(key, |out| codec.compress(&message.payload, out));
+                            if let Some(c) = compressed {
+                                self.write_frame_shared(message.opcode, c, true);
+                                return Ok(());
+                            }
+                        }
+                        // With context takeover every connection's output differs.
+                        None => {
+                            if self.send_compressed(message.opcode, &message.payload) {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            }
         }
+        self.write_frame_shared(message.opcode, message.payload.clone(), false);
         Ok(())
     }
 
@@ -566,7 +601,7 @@ impl Connection {
         }
         let compressed = std::mem::take(&mut self.scratch);
         if compressed.len() >= OWNED_MIN {
-            self.write_frame_owned(opcode, compressed, true);
+            self.write_frame_shared(opcode, Bytes::from(compressed), true);
         } else {
             self.write_frame_rsv1(opcode, &compressed, true);
             self.scratch = compressed;
@@ -1002,11 +1037,11 @@ impl Connection {
         let checked = std::mem::take(&mut self.utf8_valid);
         self.fragments = 0;
         match kind {
-            Some(MessageKind::Text) => match crate::utf8::into_string(data, checked) {
+            Some(MessageKind::Text) => match crate::utf8::into_text(data, checked) {
                 Ok(text) => self.events.push_back(Event::Text(text)),
                 Err(_) => self.fail(ProtocolError::InvalidUtf8, now),
             },
-            Some(MessageKind::Binary) => self.events.push_back(Event::Binary(data)),
+            Some(MessageKind::Binary) => self.events.push_back(Event::Binary(Bytes::from(data))),
             None => {}
         }
     }
@@ -1113,19 +1148,31 @@ impl Connection {
         encode_frame(&mut self.out, true, rsv1, opcode, mask, payload);
     }
 
-    /// Queues a frame whose payload stays in its own allocation (see `OwnedPayload`).
-    fn write_frame_owned(&mut self, opcode: OpCode, mut payload: Vec<u8>, rsv1: bool) {
+    /// Queues a frame whose payload stays in its own allocation (see `OwnedPayload`), or, when
+    /// it is small, copies it into the transmit buffer.
+    fn write_frame_shared(&mut self, opcode: OpCode, payload: Bytes, rsv1: bool) {
+        if payload.len() < OWNED_MIN {
+            return self.write_frame_rsv1(opcode, &payload, rsv1);
+        }
         self.compact_out();
         let mask = self.new_mask();
         let mut head = [0u8; MAX_HEADER_LEN];
         let n = encode_header(&mut head, true, rsv1, opcode, mask, payload.len() as u64);
         self.out.extend_from_slice(&head[..n]);
-        if let Some(key) = mask {
-            apply_mask(&mut payload, key, 0);
-        }
+        let data = match mask {
+            None => payload,
+            Some(key) => {
+                // Mask in place when nobody else holds the payload; copy otherwise.
+                let mut data = payload
+                    .try_into_mut()
+                    .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
+                apply_mask(&mut data, key, 0);
+                data.freeze()
+            }
+        };
         self.owned.push_back(OwnedPayload {
             at: self.out.len(),
-            data: payload,
+            data,
             pos: 0,
         });
     }
@@ -1147,6 +1194,99 @@ impl Connection {
             Role::Client => Some(rand::random::<[u8; 4]>()),
             Role::Server => None,
         }
+    }
+}
+
+/// A message prepared once and sent to many connections with
+/// [`Connection::send_prepared`]: its payload is shared by every connection that sends it, and
+/// its compressed form is made once per set of deflate parameters (connections that agreed on
+/// the same window and level, without context takeover, share it).
+///
+/// Cheap to share between threads (`Arc<PreparedMessage>`) or to clone (the payload and the
+/// compressed forms are reference-counted).
+#[derive(Clone, Debug)]
+pub struct PreparedMessage {
+    opcode: OpCode,
+    payload: Bytes,
+    forms: std::sync::Arc<CompressedForms>,
+}
+
+/// A compressed payload and the parameters it was made for (`None`: compression failed, and
+/// the message goes out uncompressed).
+type CompressedForm = (CompressKey, Option<Bytes>);
+
+/// The compressed forms of one prepared message: the first parameters seen (almost always
+/// the only ones, read without a lock), and any others.
+#[derive(Debug, Default)]
+struct CompressedForms {
+    first: std::sync::OnceLock<CompressedForm>,
+    others: std::sync::Mutex<Vec<CompressedForm>>,
+}
+
+/// What makes two compressed forms of a message identical: window bits, level, memory level.
+pub(crate) type CompressKey = (u8, u8, u8);
+
+impl PreparedMessage {
+    /// A text message.
+    pub fn text(text: impl Into<Utf8Bytes>) -> Self {
+        Self::new(OpCode::Text, text.into().into_bytes())
+    }
+
+    /// A binary message.
+    pub fn binary(data: impl Into<Bytes>) -> Self {
+        Self::new(OpCode::Binary, data.into())
+    }
+
+    fn new(opcode: OpCode, payload: Bytes) -> Self {
+        Self {
+            opcode,
+            payload,
+            forms: Default::default(),
+        }
+    }
+
+    /// [`OpCode::Text`] or [`OpCode::Binary`].
+    pub fn opcode(&self) -> OpCode {
+        self.opcode
+    }
+
+    /// The uncompressed payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// How many compressed forms were made so far (one per set of parameters in use).
+    pub fn compressed_forms(&self) -> usize {
+        let others = self.forms.others.lock();
+        usize::from(self.forms.first.get().is_some())
+            + others.unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The compressed payload for `key`, made with `compress` the first time it is asked for.
+    fn compressed(
+        &self,
+        key: CompressKey,
+        compress: impl FnOnce(&mut Vec<u8>) -> bool,
+    ) -> Option<Bytes> {
+        let mut compress = Some(compress);
+        // Runs `compress` at most once, whichever branch needs it.
+        let mut make = || {
+            let compress = compress.take()?;
+            let mut out = Vec::new();
+            compress(&mut out).then(|| Bytes::from(out))
+        };
+        let (k, c) = self.forms.first.get_or_init(|| (key, make()));
+        if *k == key {
+            return c.clone();
+        }
+        // A poisoned lock still holds complete entries (each is pushed whole).
+        let mut others = self.forms.others.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = others.iter().find(|(k, _)| *k == key) {
+            return c.clone();
+        }
+        let c = make();
+        others.push((key, c.clone()));
+        c
     }
 }
 

@@ -448,6 +448,14 @@ impl Codec {
         }
     }
 
+    /// What identifies this connection's compressed output when each message is compressed
+    /// on its own (no context takeover in our direction), so that connections with the same
+    /// key produce the same bytes; `None` with context takeover.
+    pub(crate) fn shared_key(&self) -> Option<crate::connection::CompressKey> {
+        self.own_no_context()
+            .then_some((self.own_window(), self.level, self.mem_level))
+    }
+
     fn own_no_context(&self) -> bool {
         match self.role {
             Role::Client => self.params.client_no_context_takeover,

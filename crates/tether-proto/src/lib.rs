@@ -18,7 +18,11 @@ pub mod http;
 pub mod mask;
 mod utf8;
 
-pub use connection::{CloseFrame, Config, Connection, Event, Role, State};
+pub use connection::{CloseFrame, Config, Connection, Event, PreparedMessage, Role, State};
 pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{ProtocolError, SendError};
 pub use frame::{close_code, OpCode};
+pub use utf8::Utf8Bytes;
+
+/// The shared byte buffer that message payloads are made of (re-exported from `bytes`).
+pub use bytes::{self, Bytes};

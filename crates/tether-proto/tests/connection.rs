@@ -60,7 +60,7 @@ fn text_and_binary_messages_arrive_whole() {
         events(&mut s),
         vec![
             Event::Text("héllo".into()),
-            Event::Binary(vec![0, 1, 2, 255])
+            Event::Binary(vec![0, 1, 2, 255].into())
         ]
     );
 }
@@ -103,7 +103,7 @@ fn server_output_is_unmasked_and_client_output_masked() {
     assert_eq!(t.len(), 2 + 4 + 3);
     assert_eq!(
         decode_output(&mut c, now),
-        vec![Event::Binary(b"abc".to_vec())]
+        vec![Event::Binary(b"abc".to_vec().into())]
     );
 }
 
@@ -544,8 +544,8 @@ fn encode_all(msgs: &[Msg], frag: usize) -> (Vec<u8>, Vec<Event>) {
             }
             Msg::Text(_) | Msg::Binary(_) => {
                 let (op, bytes, ev) = match m {
-                    Msg::Text(t) => (1, t.as_bytes().to_vec(), Event::Text(t.clone())),
-                    Msg::Binary(b) => (2, b.clone(), Event::Binary(b.clone())),
+                    Msg::Text(t) => (1, t.as_bytes().to_vec(), Event::Text(t.clone().into())),
+                    Msg::Binary(b) => (2, b.clone(), Event::Binary(b.clone().into())),
                     Msg::Ping(_) => unreachable!(),
                 };
                 let size = bytes.len().div_ceil(frag).max(1);
@@ -605,8 +605,8 @@ proptest! {
         let mut want = Vec::new();
         for m in &msgs {
             match m {
-                Msg::Text(t) => { s.send_text(t).unwrap(); want.push(Event::Text(t.clone())); }
-                Msg::Binary(b) => { s.send_binary(b).unwrap(); want.push(Event::Binary(b.clone())); }
+                Msg::Text(t) => { s.send_text(t).unwrap(); want.push(Event::Text(t.clone().into())); }
+                Msg::Binary(b) => { s.send_binary(b).unwrap(); want.push(Event::Binary(b.clone().into())); }
                 Msg::Ping(p) => { s.ping(p, now).unwrap(); want.push(Event::Ping(p.clone())); }
             }
         }
@@ -655,12 +655,12 @@ proptest! {
         for m in &msgs {
             match m {
                 Msg::Text(t) => {
-                    tx.send_message_owned(OpCode::Text, t.clone().into_bytes(), true).unwrap();
-                    want.push(Event::Text(t.clone()));
+                    tx.send_message(OpCode::Text, t.clone().into_bytes().into(), true).unwrap();
+                    want.push(Event::Text(t.clone().into()));
                 }
                 Msg::Binary(b) => {
-                    tx.send_message_owned(OpCode::Binary, b.clone(), true).unwrap();
-                    want.push(Event::Binary(b.clone()));
+                    tx.send_message(OpCode::Binary, b.clone().into(), true).unwrap();
+                    want.push(Event::Binary(b.clone().into()));
                 }
                 Msg::Ping(p) => {
                     tx.ping(p, now).unwrap();
@@ -747,7 +747,7 @@ fn large_payload_sent_by_value_is_not_copied_and_keeps_its_place() {
     s.send_binary(b"first").unwrap();
     let big = vec![7u8; 100_000];
     let addr = big.as_ptr();
-    s.send_message_owned(OpCode::Binary, big, false).unwrap();
+    s.send_message(OpCode::Binary, big.into(), false).unwrap();
     s.pong(b"p").unwrap();
     {
         let mut parts = [std::io::IoSlice::new(&[]); 8];
@@ -774,7 +774,7 @@ fn large_payload_sent_by_value_is_not_copied_and_keeps_its_place() {
     assert_eq!(s.buffered_amount(), 0);
     assert!(s.transmit().is_empty());
     // Small payloads are copied into the transmit buffer as before.
-    s.send_message_owned(OpCode::Text, b"hi".to_vec(), false)
+    s.send_message(OpCode::Text, b"hi".to_vec().into(), false)
         .unwrap();
     assert_eq!(s.transmit_vectored(&mut [std::io::IoSlice::new(&[]); 8]), 1);
     assert_eq!(s.take_transmit(), [0x81, 2, b'h', b'i']);

@@ -24,6 +24,9 @@ pub use server::{
 };
 pub use stream::MaybeTlsStream;
 pub use tether_proto::handshake::{Headers, Request};
-pub use tether_proto::{self as proto, close_code, CloseFrame, DeflateConfig, ProtocolError};
+pub use tether_proto::{
+    self as proto, close_code, Bytes, CloseFrame, DeflateConfig, PreparedMessage, ProtocolError,
+    Utf8Bytes,
+};
 pub use tls::TlsConfig;
 pub use websocket::{Message, WebSocket, WsReceiver, WsSender};

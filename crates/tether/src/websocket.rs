@@ -11,7 +11,10 @@ use std::time::Duration;
 use bytes::BufMut;
 use futures_core::Stream;
 use futures_sink::Sink;
-use tether_proto::{close_code, CloseFrame, Connection, DeflateParams, Event, OpCode, Role, State};
+use tether_proto::{
+    close_code, Bytes, CloseFrame, Connection, DeflateParams, Event, OpCode, PreparedMessage, Role,
+    State, Utf8Bytes,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
@@ -21,27 +24,40 @@ use crate::error::{Error, Response, Result};
 use crate::stream::MaybeTlsStream;
 
 /// A complete message received or to send.
+///
+/// Payloads are shared byte buffers: a received message is the buffer it was assembled in,
+/// and cloning a message (to send it to many connections, say) copies no payload. Text is
+/// [`Utf8Bytes`], validated once, so [`as_text`](Self::as_text) costs nothing. To send one
+/// message to many connections, see [`PreparedMessage`], which also compresses it once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// A UTF-8 text message.
-    Text(String),
+    Text(Utf8Bytes),
     /// A binary message.
-    Binary(Vec<u8>),
+    Binary(Bytes),
 }
 
 impl Message {
-    /// A text message.
-    pub fn text(text: impl Into<String>) -> Self {
+    /// A text message (from a `String` or `&'static str`-built [`Utf8Bytes`] without a copy).
+    pub fn text(text: impl Into<Utf8Bytes>) -> Self {
         Self::Text(text.into())
     }
 
-    /// A binary message.
-    pub fn binary(data: impl Into<Vec<u8>>) -> Self {
+    /// A binary message (from a `Vec<u8>` or `Bytes` without a copy).
+    pub fn binary(data: impl Into<Bytes>) -> Self {
         Self::Binary(data.into())
     }
 
     /// The text, if this is a text message.
     pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Self::Text(t) => Some(t.as_str()),
+            Self::Binary(_) => None,
+        }
+    }
+
+    /// The text, if this is a text message, without copying it.
+    pub fn into_text(self) -> Option<Utf8Bytes> {
         match self {
             Self::Text(t) => Some(t),
             Self::Binary(_) => None,
@@ -56,12 +72,17 @@ impl Message {
         }
     }
 
-    /// The payload, whatever the kind.
-    pub fn into_bytes(self) -> Vec<u8> {
+    /// The payload, whatever the kind, without copying it.
+    pub fn into_bytes(self) -> Bytes {
         match self {
             Self::Text(t) => t.into_bytes(),
             Self::Binary(b) => b,
         }
+    }
+
+    /// True for a text message.
+    pub fn is_text(&self) -> bool {
+        matches!(self, Self::Text(_))
     }
 
     /// Payload length in bytes.
@@ -75,27 +96,49 @@ impl Message {
     }
 }
 
+impl From<Utf8Bytes> for Message {
+    fn from(t: Utf8Bytes) -> Self {
+        Self::Text(t)
+    }
+}
+
 impl From<String> for Message {
     fn from(t: String) -> Self {
-        Self::Text(t)
+        Self::Text(t.into())
     }
 }
 
 impl From<&str> for Message {
     fn from(t: &str) -> Self {
-        Self::Text(t.to_owned())
+        Self::Text(t.into())
+    }
+}
+
+impl From<Bytes> for Message {
+    fn from(b: Bytes) -> Self {
+        Self::Binary(b)
     }
 }
 
 impl From<Vec<u8>> for Message {
     fn from(b: Vec<u8>) -> Self {
-        Self::Binary(b)
+        Self::Binary(b.into())
     }
 }
 
 impl From<&[u8]> for Message {
     fn from(b: &[u8]) -> Self {
-        Self::Binary(b.to_vec())
+        Self::Binary(Bytes::copy_from_slice(b))
+    }
+}
+
+impl From<Message> for PreparedMessage {
+    /// Prepares a message for many connections (no copy of the payload).
+    fn from(msg: Message) -> Self {
+        match msg {
+            Message::Text(t) => Self::text(t),
+            Message::Binary(b) => Self::binary(b),
+        }
     }
 }
 
@@ -371,7 +414,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             Message::Binary(b) => (OpCode::Binary, b),
         };
         self.proto
-            .send_message_owned(opcode, bytes, compress)
+            .send_message(opcode, bytes, compress)
+            .map_err(|_| Error::ConnectionClosed)
+    }
+
+    /// Queues a prepared message (shared payload, compressed once per parameter set).
+    fn start_send_prepared(&mut self, msg: &PreparedMessage) -> Result<()> {
+        self.proto
+            .send_prepared(msg, true)
             .map_err(|_| Error::ConnectionClosed)
     }
 
@@ -541,6 +591,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         poll_fn(|cx| self.inner.poll_flush(cx)).await
     }
 
+    /// Sends a message prepared once for many connections: its payload is not copied, and
+    /// with permessage-deflate (without context takeover, tether's default) it is compressed
+    /// once for all connections that agreed on the same parameters. Coalesces writes like
+    /// [`send`](Self::send).
+    pub async fn send_prepared(&mut self, msg: &PreparedMessage) -> Result<()> {
+        self.feed_prepared(msg).await?;
+        if self.inner.may_coalesce() {
+            return Ok(());
+        }
+        poll_fn(|cx| self.inner.poll_flush(cx)).await
+    }
+
+    /// Queues a message without writing it (waiting first while the write buffer is above its
+    /// high-water mark); [`flush`](Self::flush) writes everything queued at once. A server
+    /// that fans messages out queues what is waiting for each connection, then flushes once:
+    /// one system call for many messages.
+    pub async fn feed(&mut self, msg: impl Into<Message>) -> Result<()> {
+        let msg = msg.into();
+        poll_fn(|cx| self.inner.poll_ready(cx)).await?;
+        self.inner.start_send(msg, true)
+    }
+
+    /// As [`feed`](Self::feed), for a [`PreparedMessage`].
+    pub async fn feed_prepared(&mut self, msg: &PreparedMessage) -> Result<()> {
+        poll_fn(|cx| self.inner.poll_ready(cx)).await?;
+        self.inner.start_send_prepared(msg)
+    }
+
     /// Sends a message without compressing it, even when permessage-deflate is in use: for
     /// data that does not compress (images, already compressed archives).
     pub async fn send_uncompressed(&mut self, msg: impl Into<Message>) -> Result<()> {
@@ -700,6 +778,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsSender<S> {
         let msg = msg.into();
         poll_fn(|cx| self.shared.lock().poll_ready(cx)).await?;
         self.shared.lock().start_send(msg, true)?;
+        self.flush().await
+    }
+
+    /// Sends a [`PreparedMessage`] and writes it out, as [`WebSocket::send_prepared`].
+    pub async fn send_prepared(&mut self, msg: &PreparedMessage) -> Result<()> {
+        self.feed_prepared(msg).await?;
+        self.flush().await
+    }
+
+    /// Queues a message without writing it, as [`WebSocket::feed`].
+    pub async fn feed(&mut self, msg: impl Into<Message>) -> Result<()> {
+        let msg = msg.into();
+        poll_fn(|cx| self.shared.lock().poll_ready(cx)).await?;
+        self.shared.lock().start_send(msg, true)
+    }
+
+    /// Queues a [`PreparedMessage`] without writing it, as [`WebSocket::feed_prepared`].
+    pub async fn feed_prepared(&mut self, msg: &PreparedMessage) -> Result<()> {
+        poll_fn(|cx| self.shared.lock().poll_ready(cx)).await?;
+        self.shared.lock().start_send_prepared(msg)
+    }
+
+    /// Writes out everything queued.
+    pub async fn flush(&mut self) -> Result<()> {
         poll_fn(|cx| self.shared.lock().poll_flush(cx)).await
     }
 

@@ -252,8 +252,8 @@ async fn chromium_exchanges_compressed_messages_with_tether_server() {
                 close_frame: None,
             };
             let first = [
-                Message::Binary(random_bytes(FIRST, 1)),
-                Message::Text(json_text(FIRST)),
+                Message::binary(random_bytes(FIRST, 1)),
+                Message::text(json_text(FIRST)),
             ];
             for msg in first {
                 if let Err(e) = ws.send(msg).await {

@@ -464,8 +464,8 @@ impl TestServer {
                     let sent = match msg {
                         Ok(Message::Text(t)) if t == "cmd:uncompressed" => {
                             let payload = json_text(4096).into_bytes();
-                            match ws.send_uncompressed(Message::Binary(payload.clone())).await {
-                                Ok(()) => ws.send(Message::Binary(payload)).await,
+                            match ws.send_uncompressed(Message::binary(payload.clone())).await {
+                                Ok(()) => ws.send(Message::binary(payload)).await,
                                 Err(e) => Err(e),
                             }
                         }

@@ -398,8 +398,8 @@ async fn client_round_trips_every_size_with_python_server() {
     let (mut py, port) = python_server().await;
     let mut ws = connect_to(port, "/echo", big_messages()).await;
     for size in SIZES {
-        assert_echo(&mut ws, Message::Binary(binary_payload(size))).await;
-        assert_echo(&mut ws, Message::Text(text_payload(size))).await;
+        assert_echo(&mut ws, Message::binary(binary_payload(size))).await;
+        assert_echo(&mut ws, Message::text(text_payload(size))).await;
     }
     within("closing", ws.close(1000, "")).await.unwrap();
     assert_eq!(py.line().await, "closed 1000 ''");
@@ -410,7 +410,7 @@ async fn client_round_trips_non_ascii_text_with_python_server() {
     let (mut py, port) = python_server().await;
     let mut ws = connect_to(port, "/echo", Config::default()).await;
     for text in non_ascii_texts() {
-        assert_echo(&mut ws, Message::Text(text)).await;
+        assert_echo(&mut ws, Message::text(text)).await;
     }
     within("closing", ws.close(1000, "")).await.unwrap();
     assert_eq!(py.line().await, "closed 1000 ''");
@@ -772,21 +772,21 @@ fn python_negotiated_line(params: &DeflateParams, python_is_client: bool) -> Str
 fn compression_messages() -> Vec<(Message, String, bool)> {
     let mut messages = Vec::new();
     for size in COMPRESSION_SIZES {
-        messages.push((Message::Text(json_text(size)), format!("json {size}"), true));
+        messages.push((Message::text(json_text(size)), format!("json {size}"), true));
         messages.push((
-            Message::Binary(random_bytes(size, size as u32)),
+            Message::binary(random_bytes(size, size as u32)),
             format!("random {size}"),
             false,
         ));
         messages.push((
-            Message::Binary(json_text(size).into_bytes()),
+            Message::binary(json_text(size).into_bytes()),
             format!("json-binary {size}"),
             true,
         ));
     }
     for text in non_ascii_texts() {
         let label = format!("non-ascii {}", text.len());
-        messages.push((Message::Text(text), label, true));
+        messages.push((Message::text(text), label, true));
     }
     messages
 }

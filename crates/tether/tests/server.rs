@@ -47,7 +47,7 @@ async fn start(config: ServerConfig) -> Running {
 
 async fn greeting(ws: &mut tether::WebSocket) -> String {
     match timeout(GUARD, ws.recv()).await.unwrap() {
-        Some(Ok(Message::Text(t))) => t,
+        Some(Ok(Message::Text(t))) => t.to_string(),
         other => panic!("expected the greeting, got {other:?}"),
     }
 }
