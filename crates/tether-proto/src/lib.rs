@@ -15,6 +15,8 @@ mod error;
 pub mod frame;
 pub mod handshake;
 pub mod http;
+#[cfg(feature = "http")]
+mod http_types;
 pub mod mask;
 mod utf8;
 

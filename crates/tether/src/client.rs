@@ -33,8 +33,134 @@ pub const USER_AGENT: &str = concat!("tether/", env!("CARGO_PKG_VERSION"));
 /// ws.close(1000, "bye").await?;
 /// # Ok(()) }
 /// ```
-pub async fn connect(url: &str) -> Result<WebSocket> {
+pub async fn connect(url: impl IntoClientRequest) -> Result<WebSocket> {
     ClientBuilder::new(url).connect().await
+}
+
+/// What a client connection can be opened from: a URL (`&str`, `String`, [`url::Url`],
+/// [`http::Uri`]) or a whole [`http::Request<()>`] whose headers come along.
+///
+/// A request's headers are **added** to the handshake's own; they never replace them, so a
+/// request built by hand (or for another library) cannot break the handshake:
+///
+/// * `Host`, `Upgrade`, `Connection`, `Sec-WebSocket-Key`, `Sec-WebSocket-Version`,
+///   `Sec-WebSocket-Accept` and `Sec-WebSocket-Extensions` are left out (the handshake writes
+///   them; permessage-deflate is offered from [`Config::compression`]);
+/// * `Sec-WebSocket-Protocol` values become offered subprotocols, in order
+///   ([`ClientBuilder::subprotocol`]); `Origin` and `User-Agent` set
+///   [`ClientBuilder::origin`] and [`ClientBuilder::user_agent`];
+/// * every other header is sent on every attempt ([`ClientBuilder::header`]). A value that
+///   is not text makes [`ClientBuilder::connect`] fail with [`Error::InvalidUri`] naming the
+///   header, before anything is sent.
+///
+/// ```
+/// let request = http::Request::builder()
+///     .uri("wss://example.com/feed")
+///     .header("Authorization", "Bearer t0ken")
+///     .header("Sec-WebSocket-Protocol", "v2.feed, v1.feed")
+///     .body(())
+///     .unwrap();
+/// let builder = tether::ClientBuilder::new(request);
+/// assert_eq!(builder.url(), "wss://example.com/feed");
+/// ```
+pub trait IntoClientRequest {
+    /// A builder for this target with every other setting at its default.
+    fn into_client_builder(self) -> ClientBuilder;
+}
+
+impl IntoClientRequest for ClientBuilder {
+    fn into_client_builder(self) -> ClientBuilder {
+        self
+    }
+}
+
+impl IntoClientRequest for &str {
+    fn into_client_builder(self) -> ClientBuilder {
+        ClientBuilder::from_url(self.to_owned())
+    }
+}
+
+impl IntoClientRequest for String {
+    fn into_client_builder(self) -> ClientBuilder {
+        ClientBuilder::from_url(self)
+    }
+}
+
+impl IntoClientRequest for &String {
+    fn into_client_builder(self) -> ClientBuilder {
+        ClientBuilder::from_url(self.clone())
+    }
+}
+
+impl IntoClientRequest for Url {
+    fn into_client_builder(self) -> ClientBuilder {
+        ClientBuilder::from_url(self.into())
+    }
+}
+
+impl IntoClientRequest for &Url {
+    fn into_client_builder(self) -> ClientBuilder {
+        ClientBuilder::from_url(self.as_str().to_owned())
+    }
+}
+
+impl IntoClientRequest for http::Uri {
+    fn into_client_builder(self) -> ClientBuilder {
+        ClientBuilder::from_url(self.to_string())
+    }
+}
+
+impl IntoClientRequest for &http::Uri {
+    fn into_client_builder(self) -> ClientBuilder {
+        ClientBuilder::from_url(self.to_string())
+    }
+}
+
+impl IntoClientRequest for http::Request<()> {
+    fn into_client_builder(self) -> ClientBuilder {
+        (&self).into_client_builder()
+    }
+}
+
+impl IntoClientRequest for &http::Request<()> {
+    fn into_client_builder(self) -> ClientBuilder {
+        /// Written by the handshake itself; a request's own values are left out.
+        const HANDSHAKE: [http::HeaderName; 7] = [
+            http::header::HOST,
+            http::header::UPGRADE,
+            http::header::CONNECTION,
+            http::header::SEC_WEBSOCKET_KEY,
+            http::header::SEC_WEBSOCKET_VERSION,
+            http::header::SEC_WEBSOCKET_ACCEPT,
+            http::header::SEC_WEBSOCKET_EXTENSIONS,
+        ];
+        let mut builder = ClientBuilder::from_url(self.uri().to_string());
+        for (name, value) in self.headers() {
+            if HANDSHAKE.contains(name) {
+                tracing::debug!(header = %name, "left out: the handshake writes it");
+                continue;
+            }
+            let Ok(text) = value.to_str() else {
+                builder.request_error.get_or_insert_with(|| {
+                    format!("the value of request header {name} is not text")
+                });
+                continue;
+            };
+            if name == http::header::SEC_WEBSOCKET_PROTOCOL {
+                let offered = text.split(',').map(str::trim).filter(|p| !p.is_empty());
+                builder.subprotocols.extend(offered.map(str::to_owned));
+            } else if name == http::header::ORIGIN {
+                builder.origin = Some(text.to_owned());
+            } else if name == http::header::USER_AGENT {
+                builder.user_agent = Some(text.to_owned());
+            } else {
+                builder
+                    .headers
+                    .push((name.as_str().to_owned(), text.to_owned()));
+            }
+        }
+        builder
+    }
 }
 
 /// Settings for opening client connections, with documented defaults.
@@ -51,15 +177,22 @@ pub struct ClientBuilder {
     proxy: Option<String>,
     max_redirects: usize,
     head_limits: HeadLimits,
+    /// Why the request this builder came from cannot be sent (see [`IntoClientRequest`]).
+    request_error: Option<String>,
 }
 
 impl ClientBuilder {
-    /// Settings for connecting to `url`, all defaults: no extra headers, no subprotocol,
-    /// `User-Agent: tether/VERSION`, open timeout 10 s, up to 10 redirects, the default
-    /// [`Config`] and [`TlsConfig`], no proxy.
-    pub fn new(url: impl Into<String>) -> Self {
+    /// Settings for connecting to `target` (a URL, or an `http::Request` whose headers come
+    /// along: see [`IntoClientRequest`]), all else default: no extra headers, no
+    /// subprotocol, `User-Agent: tether/VERSION`, open timeout 10 s, up to 10 redirects, the
+    /// default [`Config`] and [`TlsConfig`], no proxy.
+    pub fn new(target: impl IntoClientRequest) -> Self {
+        target.into_client_builder()
+    }
+
+    fn from_url(url: String) -> Self {
         Self {
-            url: url.into(),
+            url,
             headers: Vec::new(),
             subprotocols: Vec::new(),
             origin: None,
@@ -70,6 +203,7 @@ impl ClientBuilder {
             proxy: None,
             max_redirects: 10,
             head_limits: HeadLimits::default(),
+            request_error: None,
         }
     }
 
@@ -161,6 +295,9 @@ impl ClientBuilder {
         url: &str,
         headers: &[(String, String)],
     ) -> Result<WebSocket> {
+        if let Some(reason) = &self.request_error {
+            return Err(Error::InvalidUri(reason.clone()));
+        }
         let mut target = Target::parse(url)?;
         let mut headers = headers.to_vec();
         let mut visited = vec![target.url.to_string()];

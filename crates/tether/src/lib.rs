@@ -14,7 +14,7 @@ mod stream;
 pub mod tls;
 mod websocket;
 
-pub use client::{connect, ClientBuilder, USER_AGENT};
+pub use client::{connect, ClientBuilder, IntoClientRequest, USER_AGENT};
 pub use config::Config;
 pub use error::{Error, ErrorKind, Phase, ProxyError, RedirectError, Response, Result};
 pub use reconnect::{Backoff, Decision, Policy, Reconnect, Reconnecting};

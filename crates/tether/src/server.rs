@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use bytes::Bytes;
 use tether_proto::handshake::{self, HeadLimits, Headers, Request, ServerHandshake};
 use tether_proto::Role;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -37,6 +38,18 @@ impl HttpRequest<'_> {
     /// The first header called `name` (case-insensitive), as text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get_str(name)
+    }
+
+    /// The request as an `http::Request`, for routing or authentication code written against
+    /// the `http` crate. Fails only when the target is not a URI the `http` crate accepts.
+    pub fn to_http(&self) -> std::result::Result<http::Request<()>, http::Error> {
+        let mut request = http::Request::builder()
+            .method(self.method)
+            .uri(self.path)
+            .version(http::Version::HTTP_11)
+            .body(())?;
+        *request.headers_mut() = self.headers.to_header_map();
+        Ok(request)
     }
 }
 
@@ -69,6 +82,42 @@ impl HttpResponse {
 
     fn to_bytes(&self) -> Vec<u8> {
         handshake::http_response(self.status, &self.headers, &self.body)
+    }
+
+    /// The response as an `http::Response`.
+    pub fn into_http(self) -> http::Response<Bytes> {
+        let mut response = http::Response::new(Bytes::from(self.body));
+        *response.status_mut() = http::StatusCode::from_u16(self.status)
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        for (name, value) in self.headers {
+            let name = http::HeaderName::try_from(name);
+            let value = http::HeaderValue::try_from(value);
+            if let (Ok(name), Ok(value)) = (name, value) {
+                response.headers_mut().append(name, value);
+            }
+        }
+        response
+    }
+}
+
+impl<B: Into<Bytes>> From<http::Response<B>> for HttpResponse {
+    /// An `http::Response` to send instead of upgrading (from a hook). Header values that are
+    /// not UTF-8 are sent with U+FFFD in place of the bytes that are not.
+    fn from(response: http::Response<B>) -> Self {
+        let (parts, body) = response.into_parts();
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), value)
+            })
+            .collect();
+        Self {
+            status: parts.status.as_u16(),
+            headers,
+            body: Vec::from(body.into()),
+        }
     }
 }
 
