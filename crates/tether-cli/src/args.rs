@@ -147,8 +147,7 @@ pub(crate) struct ConnectArgs {
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) max_size: Option<u64>,
 
-    /// Do not offer permessage-deflate. (The library does not offer compression yet, so this
-    /// changes nothing for now.)
+    /// Do not offer permessage-deflate (offered by default, without context takeover).
     #[arg(long)]
     pub(crate) no_compression: bool,
 

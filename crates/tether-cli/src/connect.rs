@@ -1,4 +1,4 @@
-//! `tether connect URL`: the client, as specified in `cli-contract.md`.
+//! `tether connect URL`: the client, as documented in `docs/cli.md`.
 //!
 //! The connection source is the library's: one [`ClientBuilder::connect`], or with
 //! `--reconnect` the [`Reconnecting`] stream, whose `on_event` callback prints the
@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tether::reconnect::{Backoff, Policy};
-use tether::{ClientBuilder, Config, Error, Message, Reconnecting, TlsConfig, WebSocket};
+use tether::{
+    ClientBuilder, Config, Error, Message, PeerClose, Reconnecting, TlsConfig, WebSocket,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -315,11 +317,7 @@ impl Session {
         let closed = Closed {
             // 1005: the server's Close frame had no status code.
             code: (code != tether::close_code::NO_STATUS).then_some(code),
-            reason: receiver
-                .close_frame()
-                .flatten()
-                .map(|frame| frame.reason)
-                .unwrap_or_default(),
+            reason: receiver.peer_close().reason().to_owned(),
             error,
         };
         (end, closed)
@@ -357,10 +355,10 @@ struct Closed {
 
 impl Closed {
     fn of(ws: &WebSocket, error: Option<Error>) -> Self {
-        let (code, reason) = match ws.close_frame() {
-            Some(Some(frame)) => (Some(frame.code), frame.reason.clone()),
-            Some(None) => (None, String::new()),
-            None => (Some(ws.close_code()), String::new()),
+        let (code, reason) = match ws.peer_close() {
+            PeerClose::Frame(frame) => (Some(frame.code), frame.reason.clone()),
+            PeerClose::NoStatus => (None, String::new()),
+            PeerClose::NotReceived => (Some(ws.close_code()), String::new()),
         };
         Self {
             code,

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tether::reconnect::{Backoff, Policy, ReconnectEvent};
-use tether::{ClientBuilder, Error, HttpResponse, Message, Server, ServerConfig, WebSocket};
+use tether::{
+    ClientBuilder, Error, HttpResponse, Message, PeerClose, Server, ServerConfig, WebSocket,
+};
 use tokio::time::Instant;
 
 use crate::output::short_reason;
@@ -290,14 +292,16 @@ async fn converse(ws: &mut WebSocket, timeline: &Timeline) {
         }
     }
     let uptime = opened.elapsed();
-    let how = match ws.close_frame() {
-        Some(Some(frame)) if !frame.reason.is_empty() => format!(
+    let how = match ws.peer_close() {
+        PeerClose::Frame(frame) if !frame.reason.is_empty() => format!(
             "closed by the server with {} ({})",
             frame.code, frame.reason
         ),
-        Some(Some(frame)) => format!("closed by the server with {}", frame.code),
-        Some(None) => "closed by the server".to_owned(),
-        None => "dropped by the server without a closing handshake (1006)".to_owned(),
+        PeerClose::Frame(frame) => format!("closed by the server with {}", frame.code),
+        PeerClose::NoStatus => "closed by the server".to_owned(),
+        PeerClose::NotReceived => {
+            "dropped by the server without a closing handshake (1006)".to_owned()
+        }
     };
     timeline.line(&format!(
         "connection {how} after {:.3} s",

@@ -99,6 +99,44 @@ pub struct CloseFrame {
     pub reason: String,
 }
 
+/// What the peer said of the closing handshake: see [`Connection::peer_close`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PeerClose {
+    /// No Close frame arrived: the connection is open, or it ended without the peer's Close
+    /// (reported as 1006 by [`Connection::close_code`]).
+    #[default]
+    NotReceived,
+    /// A Close frame without a status code (reported as 1005).
+    NoStatus,
+    /// A Close frame with a status code and reason.
+    Frame(CloseFrame),
+}
+
+impl PeerClose {
+    /// True once the peer's Close frame arrived (with or without a status code).
+    pub fn is_received(&self) -> bool {
+        !matches!(self, Self::NotReceived)
+    }
+
+    /// The peer's Close frame, when it had a status code.
+    pub fn frame(&self) -> Option<&CloseFrame> {
+        match self {
+            Self::Frame(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The status code the peer sent, if it sent one.
+    pub fn code(&self) -> Option<u16> {
+        self.frame().map(|f| f.code)
+    }
+
+    /// The reason the peer gave; empty when it gave none or sent no Close.
+    pub fn reason(&self) -> &str {
+        self.frame().map_or("", |f| f.reason.as_str())
+    }
+}
+
 /// Something that happened on the connection, taken with [`Connection::poll_event`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -230,7 +268,7 @@ pub struct Connection {
     owned: VecDeque<OwnedPayload>,
 
     close_sent: bool,
-    peer_close: Option<Option<CloseFrame>>,
+    peer_close: PeerClose,
     peer_close_at: Option<Instant>,
     close_deadline: Option<Instant>,
     transport_deadline: Option<Instant>,
@@ -276,7 +314,7 @@ impl Connection {
             out_pos: 0,
             owned: VecDeque::new(),
             close_sent: false,
-            peer_close: None,
+            peer_close: PeerClose::NotReceived,
             peer_close_at: None,
             close_deadline: None,
             transport_deadline: None,
@@ -318,18 +356,18 @@ impl Connection {
         self.state
     }
 
-    /// The peer's Close frame once it arrived: `Some(None)` for a Close without status code.
-    pub fn peer_close(&self) -> Option<Option<&CloseFrame>> {
-        self.peer_close.as_ref().map(Option::as_ref)
+    /// What the peer's Close frame said, once it arrived.
+    pub fn peer_close(&self) -> &PeerClose {
+        &self.peer_close
     }
 
     /// The close code to report for this connection once it is closed: the peer's code, 1005
     /// if its Close had none, or 1006 if no Close frame was received.
     pub fn close_code(&self) -> u16 {
         match &self.peer_close {
-            Some(Some(f)) => f.code,
-            Some(None) => close_code::NO_STATUS,
-            None => close_code::ABNORMAL,
+            PeerClose::Frame(f) => f.code,
+            PeerClose::NoStatus => close_code::NO_STATUS,
+            PeerClose::NotReceived => close_code::ABNORMAL,
         }
     }
 
@@ -1066,7 +1104,10 @@ impl Connection {
         };
         // The reply waits until this event is taken (see `apply_peer_close`), so that
         // messages that arrived before the Close can still be answered.
-        self.peer_close = Some(frame.clone());
+        self.peer_close = match &frame {
+            Some(f) => PeerClose::Frame(f.clone()),
+            None => PeerClose::NoStatus,
+        };
         self.peer_close_at = Some(now);
         self.events.push_back(Event::Close(frame));
         self.phase = ReadPhase::Done;
@@ -1079,10 +1120,7 @@ impl Connection {
     /// echoes its status code (RFC 6455 section 5.5.1) unless our Close went out already.
     fn apply_peer_close(&mut self) {
         if !self.close_sent {
-            let code = self
-                .peer_close
-                .as_ref()
-                .and_then(|f| f.as_ref().map(|f| f.code));
+            let code = self.peer_close.code();
             self.write_close(code, "");
         }
         self.state = State::Closed;

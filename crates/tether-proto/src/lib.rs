@@ -20,7 +20,9 @@ mod http_types;
 pub mod mask;
 mod utf8;
 
-pub use connection::{CloseFrame, Config, Connection, Event, PreparedMessage, Role, State};
+pub use connection::{
+    CloseFrame, Config, Connection, Event, PeerClose, PreparedMessage, Role, State,
+};
 pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{ProtocolError, SendError};
 pub use frame::{close_code, OpCode};

@@ -25,8 +25,8 @@ pub use server::{
 pub use stream::MaybeTlsStream;
 pub use tether_proto::handshake::{Headers, Request};
 pub use tether_proto::{
-    self as proto, close_code, Bytes, CloseFrame, DeflateConfig, PreparedMessage, ProtocolError,
-    Utf8Bytes,
+    self as proto, close_code, Bytes, CloseFrame, DeflateConfig, PeerClose, PreparedMessage,
+    ProtocolError, Utf8Bytes,
 };
 pub use tls::TlsConfig;
 pub use websocket::{Message, WebSocket, WsReceiver, WsSender};

@@ -12,7 +12,7 @@ use bytes::BufMut;
 use futures_core::Stream;
 use futures_sink::Sink;
 use tether_proto::{
-    close_code, Bytes, CloseFrame, Connection, DeflateParams, Event, OpCode, PreparedMessage, Role,
+    close_code, Bytes, Connection, DeflateParams, Event, OpCode, PeerClose, PreparedMessage, Role,
     State, Utf8Bytes,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -309,7 +309,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 Poll::Ready(Err(e)) => {
                     self.eof = true;
                     self.proto.receive_eof(now);
-                    if self.proto.peer_close().is_none() {
+                    if !self.proto.peer_close().is_received() {
                         return Poll::Ready(Err(Error::Io(e)));
                     }
                     return Poll::Ready(Ok(()));
@@ -668,8 +668,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.inner.proto.close_code()
     }
 
-    /// The peer's Close frame, if one arrived (`Some(None)`: a Close without status code).
-    pub fn close_frame(&self) -> Option<Option<&CloseFrame>> {
+    /// What the peer's Close frame said, once it arrived ([`PeerClose::NotReceived`] while
+    /// open, or when the connection ended without it).
+    pub fn peer_close(&self) -> &PeerClose {
         self.inner.proto.peer_close()
     }
 
@@ -829,9 +830,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsReceiver<S> {
         self.shared.lock().proto.close_code()
     }
 
-    /// The peer's Close frame, if one arrived (`Some(None)`: a Close without status code).
-    pub fn close_frame(&self) -> Option<Option<CloseFrame>> {
-        self.shared.lock().proto.peer_close().map(|f| f.cloned())
+    /// What the peer's Close frame said, as [`WebSocket::peer_close`].
+    pub fn peer_close(&self) -> PeerClose {
+        self.shared.lock().proto.peer_close().clone()
     }
 }
 

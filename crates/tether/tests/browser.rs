@@ -31,7 +31,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use relay::Relay;
-use tether::{CloseFrame, DeflateConfig, Message, Server, ServerConfig};
+use tether::{CloseFrame, DeflateConfig, Message, PeerClose, Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::unbounded_channel;
@@ -157,7 +157,7 @@ struct Seen {
     error: Option<String>,
     /// Messages echoed.
     echoed: usize,
-    close_frame: Option<Option<CloseFrame>>,
+    close_frame: PeerClose,
 }
 
 /// Serves page.html at `/` (everything else is 404), one request per connection.
@@ -249,7 +249,7 @@ async fn chromium_exchanges_compressed_messages_with_tether_server() {
                 negotiated: ws.extensions().map(str::to_owned),
                 error: None,
                 echoed: 0,
-                close_frame: None,
+                close_frame: PeerClose::NotReceived,
             };
             let first = [
                 Message::binary(random_bytes(FIRST, 1)),
@@ -276,7 +276,7 @@ async fn chromium_exchanges_compressed_messages_with_tether_server() {
                 }
             }
             while ws.recv().await.is_some() {}
-            report.close_frame = ws.close_frame().map(|f| f.cloned());
+            report.close_frame = ws.peer_close().clone();
             let _ = tx.send(report);
         }
     }));
@@ -357,10 +357,10 @@ async fn chromium_exchanges_compressed_messages_with_tether_server() {
     assert_eq!(seen.echoed, 2 * SIZES.len() + 1);
     assert_eq!(
         seen.close_frame,
-        Some(Some(CloseFrame {
+        PeerClose::Frame(CloseFrame {
             code: 1000,
             reason: "browser done".to_owned()
-        }))
+        })
     );
 
     // Compression on the wire, both ways: the random bytes cannot shrink, the JSON text must

@@ -32,8 +32,8 @@ use std::time::Duration;
 use relay::Relay;
 use tether::proto::DeflateParams;
 use tether::{
-    ClientBuilder, CloseFrame, Config, DeflateConfig, Error, Message, ProtocolError, Server,
-    ServerConfig, ShutdownHandle, WebSocket,
+    ClientBuilder, CloseFrame, Config, DeflateConfig, Error, Message, PeerClose, ProtocolError,
+    Server, ServerConfig, ShutdownHandle, WebSocket,
 };
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -446,11 +446,11 @@ async fn client_close_code_and_reason_reach_python_server() {
     // Python echoes our Close frame.
     assert_eq!(ws.close_code(), 1000);
     assert_eq!(
-        ws.close_frame(),
-        Some(Some(&CloseFrame {
+        ws.peer_close(),
+        &PeerClose::Frame(CloseFrame {
             code: 1000,
             reason: "bye ✓".to_owned()
-        }))
+        })
     );
 }
 
@@ -466,11 +466,11 @@ async fn client_reports_close_codes_sent_by_python_server() {
         }
         assert_eq!(ws.close_code(), code);
         assert_eq!(
-            ws.close_frame(),
-            Some(Some(&CloseFrame {
+            ws.peer_close(),
+            &PeerClose::Frame(CloseFrame {
                 code,
                 reason: reason.to_owned()
-            }))
+            })
         );
         // What we answered: the code echoed (the reason is ours to choose).
         let answer = py.line().await;
@@ -569,7 +569,7 @@ struct Ended {
     /// The first error `recv` returned, if any.
     error: Option<String>,
     close_code: u16,
-    close_frame: Option<Option<CloseFrame>>,
+    close_frame: PeerClose,
 }
 
 /// The extension negotiation of one connection, as the echo server's handler saw it.
@@ -629,7 +629,7 @@ async fn echo_server() -> EchoServer {
             let _ = tx.send(Ended {
                 error,
                 close_code: ws.close_code(),
-                close_frame: ws.close_frame().map(|f| f.cloned()),
+                close_frame: ws.peer_close().clone(),
             });
         }
     }));
@@ -664,10 +664,10 @@ fn closed_normally(reason: &str) -> Ended {
     Ended {
         error: None,
         close_code: 1000,
-        close_frame: Some(Some(CloseFrame {
+        close_frame: PeerClose::Frame(CloseFrame {
             code: 1000,
             reason: reason.to_owned(),
-        })),
+        }),
     }
 }
 

@@ -11,7 +11,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tether::proto::Role;
-use tether::{CloseFrame, Config, Error, Message, ProtocolError, Server, ServerConfig, WebSocket};
+use tether::{
+    CloseFrame, Config, Error, Message, PeerClose, ProtocolError, Server, ServerConfig, WebSocket,
+};
 use tokio::io::{
     duplex, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf,
 };
@@ -644,7 +646,7 @@ async fn close_handshake_reports_code_and_reason_to_the_peer() {
     let (mut c, mut s) = ws_pair(&quiet(), 64 << 10);
     let peer = tokio::spawn(async move {
         let end = s.recv().await;
-        let frame = s.close_frame().map(|f| f.cloned());
+        let frame = s.peer_close().clone();
         (end.is_none(), s.close_code(), frame, s.is_closed())
     });
     c.close(1000, "bye").await.unwrap();
@@ -655,10 +657,10 @@ async fn close_handshake_reports_code_and_reason_to_the_peer() {
     assert_eq!(code, 1000);
     assert_eq!(
         frame,
-        Some(Some(CloseFrame {
+        PeerClose::Frame(CloseFrame {
             code: 1000,
             reason: "bye".into()
-        }))
+        })
     );
     assert!(closed);
     assert!(matches!(c.send("late").await, Err(Error::ConnectionClosed)));
@@ -683,7 +685,7 @@ async fn close_returns_after_close_timeout_when_peer_never_answers() {
     );
     assert!(ws.is_closed());
     assert_eq!(ws.close_code(), 1006, "no Close frame came back");
-    assert_eq!(ws.close_frame(), None);
+    assert_eq!(ws.peer_close(), &PeerClose::NotReceived);
 
     let frames = reader.await.unwrap();
     assert_eq!(frames.len(), 1, "frames: {frames:?}");
@@ -702,7 +704,7 @@ async fn eof_without_close_frame_is_abnormal_closure_1006() {
     assert_eq!(recv_msg(&mut ws).await, Message::text("last words"));
     assert!(ws.recv().await.is_none());
     assert_eq!(ws.close_code(), 1006);
-    assert_eq!(ws.close_frame(), None);
+    assert_eq!(ws.peer_close(), &PeerClose::NotReceived);
     assert!(ws.is_closed());
 }
 
