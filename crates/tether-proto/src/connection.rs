@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf as _, Bytes, BytesMut};
 
 use crate::deflate::{Codec, DeflateConfig, DeflateParams};
 use crate::error::{ProtocolError, SendError};
@@ -387,7 +387,7 @@ impl Connection {
                         if data.len() >= len {
                             let (head, rest) = data.split_at(len);
                             data = rest;
-                            if let Err(e) = self.begin_frame(head, now) {
+                            if let Err(e) = self.begin_frame(head, now, true) {
                                 self.fail(e, now);
                                 return;
                             }
@@ -408,7 +408,7 @@ impl Connection {
                     if have >= 2 && have == header_len(self.head[0], self.head[1]) {
                         self.head_len = 0;
                         let head = self.head;
-                        if let Err(e) = self.begin_frame(&head[..have], now) {
+                        if let Err(e) = self.begin_frame(&head[..have], now, true) {
                             self.fail(e, now);
                             return;
                         }
@@ -439,10 +439,81 @@ impl Connection {
                         self.unmask_from(start);
                     }
                     self.advance_frame(n, now);
+                    // Per piece of payload, before any later frame is looked at, so that
+                    // the first error in the stream is the one reported, however it was cut.
+                    self.check_partial_text(now);
                 }
             }
         }
-        self.check_partial_text(now);
+    }
+
+    /// Feeds bytes read from the transport that the connection may keep, with the same events
+    /// as [`receive`](Self::receive) for any chunking, without its copy: a message that
+    /// arrives whole in one frame inside `data` is unmasked in place and handed out as a
+    /// slice of `data` (no allocation, no copy). Everything else (fragments, compressed
+    /// messages, frames that continue past `data`) is taken as `receive` takes it.
+    ///
+    /// A driver that reads into a `BytesMut` and splits off what it read passes it here. The
+    /// messages handed out keep `data`'s allocation alive until they are dropped.
+    pub fn receive_shared(&mut self, mut data: BytesMut, now: Instant) {
+        while self.phase == ReadPhase::Header && self.head_len == 0 && data.len() >= 2 {
+            let head_len = header_len(data[0], data[1]);
+            if data.len() < head_len {
+                break;
+            }
+            let len = announced_len(&data[..head_len]);
+            let at_hand = (data.len() - head_len) as u64;
+            if at_hand < len {
+                break;
+            }
+            // `len <= at_hand`, so it fits in usize.
+            let len = len as usize;
+            let b0 = data[0];
+            let whole_message = b0 & 0x80 != 0
+                && b0 & 0x40 == 0
+                && matches!(b0 & 0x0F, 0x1 | 0x2)
+                && self.message.is_none();
+            if !whole_message {
+                // A control frame, a fragment or a compressed message: the copying path.
+                self.receive(&data[..head_len + len], now);
+                data.advance(head_len + len);
+                continue;
+            }
+            let mut head = [0u8; MAX_HEADER_LEN];
+            head[..head_len].copy_from_slice(&data[..head_len]);
+            data.advance(head_len);
+            if let Err(e) = self.begin_frame(&head[..head_len], now, false) {
+                self.fail(e, now);
+                return;
+            }
+            if self.phase == ReadPhase::Payload {
+                self.take_whole_message(data.split_to(len), now);
+            }
+        }
+        if !data.is_empty() {
+            self.receive(&data, now);
+        }
+    }
+
+    /// Ends the current frame, a whole unfragmented uncompressed message, with its payload
+    /// taken from the read buffer.
+    fn take_whole_message(&mut self, mut payload: BytesMut, now: Instant) {
+        if let Some(key) = self.frame.mask {
+            apply_mask(&mut payload, key, 0);
+        }
+        self.frame.got = self.frame.len;
+        self.phase = ReadPhase::Header;
+        self.fragments = 0;
+        self.utf8_valid = 0;
+        let payload = payload.freeze();
+        match self.message.take() {
+            Some(MessageKind::Text) => match Utf8Bytes::try_from(payload) {
+                Ok(text) => self.events.push_back(Event::Text(text)),
+                Err(_) => self.fail(ProtocolError::InvalidUtf8, now),
+            },
+            Some(MessageKind::Binary) => self.events.push_back(Event::Binary(payload)),
+            None => {}
+        }
     }
 
     /// Lets the driver read the rest of a large data frame straight into the message buffer,
@@ -841,7 +912,15 @@ impl Connection {
     // ----- internals -----
 
     /// Starts a frame from its complete header (`head.len() == header_len(head[0], head[1])`).
-    fn begin_frame(&mut self, head: &[u8], now: Instant) -> Result<(), ProtocolError> {
+    ///
+    /// With `reserve` false the message buffer is not grown for the payload: the caller takes
+    /// a whole message's payload from elsewhere ([`receive_shared`](Self::receive_shared)).
+    fn begin_frame(
+        &mut self,
+        head: &[u8],
+        now: Instant,
+        reserve: bool,
+    ) -> Result<(), ProtocolError> {
         let b0 = head[0];
         let b1 = head[1];
         let fin = b0 & 0x80 != 0;
@@ -933,7 +1012,9 @@ impl Connection {
                 // Bounded by max_frame_size above, so the cast cannot truncate on 64-bit
                 // targets; the reservation is capped anyway. `reserve` (not exact) keeps
                 // growth amortised over the frames of a fragmented message.
-                self.buf.reserve((len as usize).min(RESERVE_AHEAD));
+                if reserve {
+                    self.buf.reserve((len as usize).min(RESERVE_AHEAD));
+                }
             }
         }
         self.frame = FrameInfo {
@@ -1325,6 +1406,20 @@ impl PreparedMessage {
         let c = make();
         others.push((key, c.clone()));
         c
+    }
+}
+
+/// The payload length a complete frame header announces (unchecked: `begin_frame` refuses
+/// non-minimal and oversized lengths).
+fn announced_len(head: &[u8]) -> u64 {
+    match head[1] & 0x7F {
+        126 => u64::from(u16::from_be_bytes([head[2], head[3]])),
+        127 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&head[2..10]);
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
     }
 }
 

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
+use tether_proto::bytes::BytesMut;
 use tether_proto::frame::encode_frame;
 use tether_proto::{
     close_code, CloseFrame, Config, Connection, Event, OpCode, ProtocolError, Role, State,
@@ -31,6 +32,15 @@ fn raw_frame(fin: bool, rsv: u8, op: u8, mask: Option<[u8; 4]>, payload: &[u8]) 
     // Patch the first byte so that reserved opcodes and bits can be expressed.
     v[0] = (u8::from(fin) << 7) | (rsv << 4) | op;
     v
+}
+
+/// Feeds `bytes` with [`Connection::receive_shared`] or [`Connection::receive`].
+fn feed(c: &mut Connection, bytes: &[u8], shared: bool, now: Instant) {
+    if shared {
+        c.receive_shared(BytesMut::from(bytes), now);
+    } else {
+        c.receive(bytes, now);
+    }
 }
 
 fn events(c: &mut Connection) -> Vec<Event> {
@@ -588,6 +598,49 @@ proptest! {
     }
 
     #[test]
+    fn shared_receive_gives_the_same_events_as_receive(
+        msgs in proptest::collection::vec(msg_strategy(), 1..6),
+        frag in 1usize..5,
+        cuts in proptest::collection::vec((any::<prop::sample::Index>(), any::<bool>()), 0..20),
+    ) {
+        let now = Instant::now();
+        let (bytes, want) = encode_all(&msgs, frag);
+        let mut points: Vec<(usize, bool)> =
+            cuts.iter().map(|(i, shared)| (i.index(bytes.len() + 1), *shared)).collect();
+        points.sort_unstable();
+        let mut s = server(now);
+        let mut prev = 0;
+        for (p, shared) in points.into_iter().chain(std::iter::once((bytes.len(), true))) {
+            feed(&mut s, &bytes[prev..p], shared, now);
+            prev = p;
+        }
+        prop_assert_eq!(events(&mut s), want);
+    }
+
+    #[test]
+    fn shared_receive_agrees_with_receive_on_arbitrary_input(
+        data in proptest::collection::vec(any::<u8>(), 0..3000),
+        chunk in 1usize..400,
+        role in prop_oneof![Just(Role::Client), Just(Role::Server)],
+    ) {
+        let now = Instant::now();
+        let config = Config::default().max_message_size(512);
+        let mut copying = Connection::new(role, config.clone(), now);
+        let mut sharing = Connection::new(role, config, now);
+        for piece in data.chunks(chunk) {
+            copying.receive(piece, now);
+            sharing.receive_shared(BytesMut::from(piece), now);
+        }
+        prop_assert_eq!(events(&mut sharing), events(&mut copying));
+        let (ours, theirs) = (sharing.take_transmit(), copying.take_transmit());
+        match role {
+            Role::Server => prop_assert_eq!(ours, theirs),
+            // A client masks with a fresh random key: the same frames, other bytes.
+            Role::Client => prop_assert_eq!(ours.len(), theirs.len()),
+        }
+    }
+
+    #[test]
     fn one_byte_at_a_time_equals_all_at_once(msgs in proptest::collection::vec(msg_strategy(), 1..4)) {
         let now = Instant::now();
         let (bytes, want) = encode_all(&msgs, 2);
@@ -838,4 +891,76 @@ fn direct_read_of_invalid_utf8_fails_fast_with_1007() {
         s.read_payload_with(now, |_, _| ()).is_none(),
         "nothing more is read after a failure"
     );
+}
+
+#[test]
+fn whole_message_in_a_shared_read_is_a_slice_of_it() {
+    let now = Instant::now();
+    let mut s = server(now);
+    let mut wire = cframe(true, 2, &[7u8; 3000]);
+    wire.extend(cframe(true, 1, "héllo".as_bytes()));
+    // A fragmented message and a Ping between whole ones take the copying path.
+    wire.extend(cframe(false, 1, b"frag"));
+    wire.extend(cframe(true, 9, b"p"));
+    wire.extend(cframe(true, 0, b"ment"));
+    wire.extend(cframe(true, 2, &[9u8; 100]));
+    let read = BytesMut::from(&wire[..]);
+    let range = read.as_ptr() as usize..read.as_ptr() as usize + read.len();
+    s.receive_shared(read, now);
+    let got = events(&mut s);
+    assert_eq!(
+        got,
+        vec![
+            Event::Binary(vec![7u8; 3000].into()),
+            Event::Text("héllo".into()),
+            Event::Ping(b"p".to_vec()),
+            Event::Text("fragment".into()),
+            Event::Binary(vec![9u8; 100].into()),
+        ]
+    );
+    let inside = |p: *const u8| range.contains(&(p as usize));
+    match (&got[0], &got[1], &got[3], &got[4]) {
+        (Event::Binary(a), Event::Text(b), Event::Text(frag), Event::Binary(c)) => {
+            assert!(inside(a.as_ptr()) && inside(b.as_ptr()) && inside(c.as_ptr()));
+            assert!(!inside(frag.as_ptr()), "a reassembled message has its own buffer");
+        }
+        other => panic!("unexpected events {other:?}"),
+    }
+    // The Pong for the Ping went out.
+    assert_eq!(s.take_transmit(), [0x8A, 1, b'p']);
+}
+
+#[test]
+fn shared_receive_keeps_limits_and_utf8_checks() {
+    let now = Instant::now();
+    let mut s = Connection::new(Role::Server, Config::default().max_message_size(100), now);
+    s.receive_shared(BytesMut::from(&cframe(true, 2, &[0u8; 101])[..]), now);
+    assert!(matches!(
+        events(&mut s)[..],
+        [Event::Error(ProtocolError::MessageTooLarge { max: 100 })]
+    ));
+    let mut s = server(now);
+    s.receive_shared(BytesMut::from(&cframe(true, 1, b"ok\xFF")[..]), now);
+    assert_eq!(events(&mut s), vec![Event::Error(ProtocolError::InvalidUtf8)]);
+    assert_eq!(s.take_transmit()[..2], [0x88, 2 + "invalid UTF-8".len() as u8]);
+}
+
+/// Found by `shared_receive_agrees_with_receive_on_arbitrary_input`: invalid UTF-8 in a text
+/// fragment followed, in the same read, by a frame with reserved bits was reported as 1002
+/// when both arrived together and as 1007 when cut between them.
+#[test]
+fn first_error_in_the_stream_wins_however_the_input_is_cut() {
+    let now = Instant::now();
+    let mut wire = cframe(false, 1, b"ok\xFF");
+    wire.extend(raw_frame(true, 0b100, 0, Some(KEY), b"x"));
+    for cut in 0..=wire.len() {
+        let mut s = server(now);
+        s.receive(&wire[..cut], now);
+        s.receive(&wire[cut..], now);
+        assert_eq!(
+            events(&mut s),
+            vec![Event::Error(ProtocolError::InvalidUtf8)],
+            "cut at {cut}"
+        );
+    }
 }

@@ -8,14 +8,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::BufMut;
+use bytes::{BufMut, BytesMut};
 use futures_core::Stream;
 use futures_sink::Sink;
 use tether_proto::{
     close_code, Bytes, Connection, DeflateParams, Event, OpCode, PeerClose, PreparedMessage, Role,
     State, Utf8Bytes,
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
 
@@ -25,10 +25,16 @@ use crate::stream::MaybeTlsStream;
 
 /// A complete message received or to send.
 ///
-/// Payloads are shared byte buffers: a received message is the buffer it was assembled in,
-/// and cloning a message (to send it to many connections, say) copies no payload. Text is
-/// [`Utf8Bytes`], validated once, so [`as_text`](Self::as_text) costs nothing. To send one
-/// message to many connections, see [`PreparedMessage`], which also compresses it once.
+/// Payloads are shared byte buffers, and cloning a message (to send it to many connections,
+/// say) copies no payload. Text is [`Utf8Bytes`], validated once, so
+/// [`as_text`](Self::as_text) costs nothing. To send one message to many connections, see
+/// [`PreparedMessage`], which also compresses it once.
+///
+/// A received message that arrived in one frame within one read is a slice of the read
+/// buffer (blocks of 64 KiB, shared with the messages read together with it; no copy); other
+/// messages have a buffer of their own. Holding many small received messages for a long time
+/// (a chat history, say) keeps their blocks alive: store a copy
+/// (`Bytes::copy_from_slice(msg.as_bytes())`) instead.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// A UTF-8 text message.
@@ -148,11 +154,14 @@ const MAX_READS_PER_POLL: usize = 16;
 /// come in alternation, and a few suffice to keep the socket's buffer full.
 const MAX_WRITE_PARTS: usize = 8;
 /// Size of the per-thread read buffer. Connections hold no read buffer of their own: bytes
-/// are read here and the protocol core keeps only what belongs to unfinished frames.
+/// are read here, messages that arrive whole are handed out as slices of it, and the
+/// protocol core copies only what belongs to unfinished frames.
 const SCRATCH_SIZE: usize = 64 << 10;
+/// Least room a read is given in the per-thread buffer before a fresh block is reserved.
+const SCRATCH_MIN_READ: usize = 8 << 10;
 
 thread_local! {
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
 fn now() -> std::time::Instant {
@@ -344,25 +353,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         SCRATCH.with(|cell| {
             let mut fallback;
             let mut guard = cell.try_borrow_mut();
-            let buf: &mut Vec<u8> = match &mut guard {
+            let buf: &mut BytesMut = match &mut guard {
                 Ok(b) => b,
                 Err(_) => {
                     // Re-entered from inside another connection's read: use a buffer of our own.
-                    fallback = Vec::new();
+                    fallback = BytesMut::new();
                     &mut fallback
                 }
             };
-            if buf.len() < SCRATCH_SIZE {
-                buf.resize(SCRATCH_SIZE, 0);
+            // Reuses the block when every message sliced from it is gone; otherwise the
+            // messages keep the old block and reads go to a new one.
+            if buf.capacity() - buf.len() < SCRATCH_MIN_READ {
+                buf.reserve(SCRATCH_SIZE);
             }
-            let mut rb = ReadBuf::new(buf);
-            ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
-            let n = rb.filled().len();
+            let n = ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut *buf))?;
             if n == 0 {
                 self.eof = true;
                 self.proto.receive_eof(now);
             } else {
-                self.proto.receive(rb.filled(), now);
+                self.proto.receive_shared(buf.split(), now);
             }
             Poll::Ready(Ok(()))
         })
