@@ -66,7 +66,7 @@ impl Response {
 
 impl From<Response> for ::http::Response<Bytes> {
     fn from(response: Response) -> Self {
-        let mut converted = ::http::Response::new(Bytes::from(response.body));
+        let mut converted = Self::new(Bytes::from(response.body));
         *converted.status_mut() = ::http::StatusCode::from_u16(response.status)
             .unwrap_or(::http::StatusCode::INTERNAL_SERVER_ERROR);
         *converted.headers_mut() = response.headers.to_header_map();
