@@ -18,6 +18,7 @@ pub mod http;
 #[cfg(feature = "http")]
 mod http_types;
 pub mod mask;
+pub mod session;
 mod utf8;
 
 pub use connection::{
