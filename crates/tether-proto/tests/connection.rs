@@ -922,7 +922,10 @@ fn whole_message_in_a_shared_read_is_a_slice_of_it() {
     match (&got[0], &got[1], &got[3], &got[4]) {
         (Event::Binary(a), Event::Text(b), Event::Text(frag), Event::Binary(c)) => {
             assert!(inside(a.as_ptr()) && inside(b.as_ptr()) && inside(c.as_ptr()));
-            assert!(!inside(frag.as_ptr()), "a reassembled message has its own buffer");
+            assert!(
+                !inside(frag.as_ptr()),
+                "a reassembled message has its own buffer"
+            );
         }
         other => panic!("unexpected events {other:?}"),
     }
@@ -941,8 +944,14 @@ fn shared_receive_keeps_limits_and_utf8_checks() {
     ));
     let mut s = server(now);
     s.receive_shared(BytesMut::from(&cframe(true, 1, b"ok\xFF")[..]), now);
-    assert_eq!(events(&mut s), vec![Event::Error(ProtocolError::InvalidUtf8)]);
-    assert_eq!(s.take_transmit()[..2], [0x88, 2 + "invalid UTF-8".len() as u8]);
+    assert_eq!(
+        events(&mut s),
+        vec![Event::Error(ProtocolError::InvalidUtf8)]
+    );
+    assert_eq!(
+        s.take_transmit()[..2],
+        [0x88, 2 + "invalid UTF-8".len() as u8]
+    );
 }
 
 /// Found by `shared_receive_agrees_with_receive_on_arbitrary_input`: invalid UTF-8 in a text
