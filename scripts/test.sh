@@ -6,7 +6,8 @@
 #      apt-get; needs root) and playwright-core (`npm ci` in crates/tether/tests/browser);
 #      node itself (>= 20) must be there already;
 #   3. cargo test --workspace (the interop tests find Python through TETHER_PYTHON);
-#   4. the Autobahn test suite against the release examples, server role and client role.
+#   4. the Autobahn test suite against the release examples: server role (tether's own server
+#      and the axum example) and client role.
 #
 # cargo test and each Autobahn role are a gate (a failed release build of the examples counts
 # as one failed gate instead of the two roles); the last line says how many gates passed and
@@ -180,12 +181,12 @@ fi
 # --- 3. cargo test -------------------------------------------------------------------------
 # --no-fail-fast: a failing test binary does not hide the results of the others.
 gate "cargo test --workspace" \
-    timeout --kill-after=30 "$CARGO_TEST_LIMIT" cargo test --workspace --no-fail-fast </dev/null
+    timeout --kill-after=30 "$CARGO_TEST_LIMIT" cargo test --workspace --all-features --no-fail-fast </dev/null
 
 # --- 4. Autobahn, both roles -------------------------------------------------------------
-section "cargo build --release -p tether --examples"
+section "cargo build --release -p tether --examples --all-features"
 if run timeout --kill-after=30 "$BUILD_LIMIT" \
-    cargo build --release -p tether --examples </dev/null; then
+    cargo build --release -p tether --examples --all-features </dev/null; then
     # `timeout` itself is the job, so that the cleanup's signal reaches it (and through it
     # autobahn.py, which ends kosoku and the binary under test).
     autobahn=(timeout --kill-after=30 $((AUTOBAHN_LIMIT + 60))
@@ -194,12 +195,14 @@ if run timeout --kill-after=30 "$BUILD_LIMIT" \
         --timeout "$AUTOBAHN_LIMIT")
     gate "autobahn server" "${autobahn[@]}" server \
         --binary target/release/examples/echo_server --out reports/servers
+    gate "autobahn server (axum)" "${autobahn[@]}" server \
+        --binary target/release/examples/axum_echo --out reports/servers-axum
     gate "autobahn client" "${autobahn[@]}" client \
         --binary target/release/examples/autobahn_client --out reports/clients
 else
     echo "==> the release build of the examples failed: Autobahn not run"
     failed=$((failed + 1))
-    failures+=("cargo build --release -p tether --examples (Autobahn not run)")
+    failures+=("cargo build --release -p tether --examples --all-features (Autobahn not run)")
 fi
 
 # --- summary -------------------------------------------------------------------------------

@@ -2,9 +2,13 @@
 //!
 //! * [`connect`] opens one connection and reports failure as a typed [`Error`].
 //! * [`Server`] accepts connections (see [`serve`]).
+//! * Behind hyper or axum, the modules `upgrade` (feature `hyper`) and `axum` (feature
+//!   `axum`) turn a request into a [`WebSocket`].
 //! * The protocol itself lives in the sans-I/O crate [`tether_proto`].
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "axum")]
+pub mod axum;
 mod client;
 mod config;
 mod error;
@@ -12,6 +16,8 @@ pub mod reconnect;
 mod server;
 mod stream;
 pub mod tls;
+#[cfg(feature = "hyper")]
+pub mod upgrade;
 mod websocket;
 
 pub use client::{connect, ClientBuilder, IntoClientRequest, USER_AGENT};

@@ -233,6 +233,31 @@ impl ServerConfig {
     }
 }
 
+/// What the framework upgrade paths (`upgrade`, `axum`) read of a config.
+#[cfg(feature = "hyper")]
+impl ServerConfig {
+    /// The connection settings.
+    pub(crate) fn connection(&self) -> &Config {
+        &self.config
+    }
+
+    /// The connection settings, to change one.
+    #[cfg(feature = "axum")]
+    pub(crate) fn connection_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
+
+    /// The subprotocols, in preference order.
+    pub(crate) fn subprotocols(&self) -> &[String] {
+        &self.subprotocols
+    }
+
+    /// The first hook's answer to `request`, if any.
+    pub(crate) fn hook_answer(&self, request: &HttpRequest<'_>) -> Option<HttpResponse> {
+        run_hooks(self, request)
+    }
+}
+
 fn parse_basic(value: &str) -> Option<(String, String)> {
     let (scheme, b64) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
