@@ -48,6 +48,29 @@ where
     tokio::task::LocalSet::new().block_on(&rt, f)
 }
 
+/// Reads from `tcp` into the buffer all connections of the process share and hands what came
+/// to `f` (which must not read itself); `Ok(false)` at the end of the stream. Through
+/// `poll_read` (not `readable` + `try_read`): after a short read tokio knows the socket is
+/// drained and waits for the next edge without another read.
+pub(crate) async fn read_shared(tcp: &mut TcpStream, mut f: impl FnMut(&[u8])) -> io::Result<bool> {
+    std::future::poll_fn(|cx| {
+        READ_BUF.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            let mut rb = ReadBuf::new(&mut buf[..]);
+            match Pin::new(&mut *tcp).poll_read(cx, &mut rb) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(())) => {
+                    f(rb.filled());
+                    Poll::Ready(Ok(true))
+                }
+            }
+        })
+    })
+    .await
+}
+
 pub(crate) fn secs(args: &Args, name: &str, default: f64) -> io::Result<Duration> {
     let s: f64 = args.parse_or(name, default)?;
     Duration::try_from_secs_f64(s).map_err(|_| io::Error::other(format!("--{name}: bad duration")))

@@ -1,13 +1,17 @@
 //! Comparative benchmarks of tether: echo servers of tether, tokio-tungstenite,
-//! fastwebsockets and tokio-websockets against a raw TCP echo, tether's client against
-//! tokio-tungstenite's, handshakes per second and memory per idle connection.
+//! fastwebsockets and tokio-websockets against a raw TCP echo (and tether behind axum),
+//! tether's client against tokio-tungstenite's, handshakes per second, memory per idle
+//! connection, broadcast to many connections, and permessage-deflate echo against Node's
+//! `ws` and Python's `websockets`.
 //!
 //! `cargo run --release -p bench --bin bench -- --out docs/benchmarks.md` runs everything
 //! and writes the report; see docs/benchmarks.md and `--help`. The same binary also serves
 //! as the server, load generator and client processes the orchestrator starts.
 
 mod args;
+mod broadcast;
 mod clients;
+mod compress;
 mod hist;
 mod load;
 mod micro;
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
         "client" => clients::main(&args),
         "handshakes" => load::handshakes(&args),
         "idle" => load::idle(&args),
+        "broadcast" => broadcast::load(&args),
+        "deflate-load" => compress::load(&args),
         "help" => {
             print!("{}", run::HELP);
             Ok(())

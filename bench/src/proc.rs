@@ -62,7 +62,18 @@ impl Child {
     /// Starts this executable with `args`. The child's standard input stays open until
     /// [`finish`](Self::finish); servers and idle holders exit when it closes.
     pub(crate) fn spawn(args: &[String]) -> io::Result<Self> {
-        let mut child = Command::new(child_exe()?)
+        Self::spawn_inner(&child_exe()?, args, args.join(" "))
+    }
+
+    /// Starts `program` with `args`, its standard input and output as for
+    /// [`spawn`](Self::spawn).
+    pub(crate) fn spawn_program(program: &Path, args: &[String]) -> io::Result<Self> {
+        let what = format!("{} {}", program.display(), args.join(" "));
+        Self::spawn_inner(program, args, what)
+    }
+
+    fn spawn_inner(program: &Path, args: &[String], what: String) -> io::Result<Self> {
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -85,7 +96,7 @@ impl Child {
             stdin: child.stdin.take(),
             child,
             lines,
-            what: args.join(" "),
+            what,
         })
     }
 
@@ -151,7 +162,13 @@ pub(crate) struct ServerProcess {
 
 impl ServerProcess {
     pub(crate) fn start(name: &str, cpu: usize) -> io::Result<Self> {
-        let args = [
+        Self::start_with(name, cpu, &[])
+    }
+
+    /// [`start`](Self::start) with more options for `bench server` (`--broadcast`,
+    /// `--deflate-level L`).
+    pub(crate) fn start_with(name: &str, cpu: usize, more: &[String]) -> io::Result<Self> {
+        let mut args: Vec<String> = [
             "server",
             "--impl",
             name,
@@ -160,8 +177,19 @@ impl ServerProcess {
             "--cpu",
             &cpu.to_string(),
         ]
-        .map(str::to_owned);
-        let mut child = Child::spawn(&args)?;
+        .map(str::to_owned)
+        .to_vec();
+        args.extend_from_slice(more);
+        Self::listening(Child::spawn(&args)?)
+    }
+
+    /// Starts a server that is not this binary (it must print `LISTENING <addr>` and exit
+    /// when its standard input closes).
+    pub(crate) fn start_program(program: &Path, args: &[String]) -> io::Result<Self> {
+        Self::listening(Child::spawn_program(program, args)?)
+    }
+
+    fn listening(mut child: Child) -> io::Result<Self> {
         let line = child.wait_line("LISTENING ", Duration::from_secs(20))?;
         let addr = line["LISTENING ".len()..].trim().to_owned();
         Ok(Self { child, addr })

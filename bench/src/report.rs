@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::clients::CLIENTS;
 use crate::micro::MicroResult;
-use crate::run::{Results, Settings, WORKLOADS};
+use crate::run::{Deflater, Results, Settings, COMPRESSION_WORKLOADS, WORKLOADS};
 use crate::servers::Impl;
 use crate::stats::Outcome;
 
@@ -103,6 +103,15 @@ fn bytes(n: f64) -> String {
         format!("{:.2} KiB", n / 1024.0)
     } else {
         format!("{n:.0} B")
+    }
+}
+
+/// `1024` → `1 KiB`, `20` → `20 B`.
+fn size_label(n: usize) -> String {
+    if n >= 1024 && n.is_multiple_of(1024) {
+        format!("{} KiB", n / 1024)
+    } else {
+        format!("{n} B")
     }
 }
 
@@ -237,6 +246,98 @@ fn memory_medians(results: &Results) -> BTreeMap<&'static str, (f64, f64, f64, f
         .collect()
 }
 
+/// The runs of one broadcast case.
+#[derive(Clone, Copy, Debug)]
+struct BroadcastSummary {
+    /// Deliveries per second.
+    median: f64,
+    min: f64,
+    max: f64,
+    /// Messages the sender sent per second (median).
+    sent_rate: f64,
+    p50_ns: f64,
+    p99_ns: f64,
+    /// Messages the receivers never got, all runs together...
+    lost: u64,
+    /// ...and their share of what should have arrived (sent × receivers).
+    lost_share: f64,
+    errors: u64,
+}
+
+/// The receiver counts measured, in order.
+fn broadcast_counts(results: &Results) -> Vec<usize> {
+    let mut v: Vec<usize> = results.broadcast.keys().map(|(n, _)| *n).collect();
+    v.dedup();
+    v
+}
+
+fn broadcast_summary(
+    results: &Results,
+    receivers: usize,
+    server: &str,
+) -> Option<BroadcastSummary> {
+    let runs = results.broadcast.get(&(receivers, server))?;
+    let s = Summary::of(runs)?;
+    let sent: Vec<f64> = runs
+        .iter()
+        .map(|o| {
+            if o.secs > 0.0 {
+                o.sent as f64 / o.secs
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let lost: u64 = runs.iter().map(|o| o.lost).sum();
+    let expected: f64 = runs.iter().map(|o| o.sent as f64 * receivers as f64).sum();
+    Some(BroadcastSummary {
+        median: s.median,
+        min: s.min,
+        max: s.max,
+        sent_rate: median(&sent),
+        p50_ns: s.p50_ns,
+        p99_ns: s.p99_ns,
+        lost,
+        lost_share: if expected > 0.0 {
+            lost as f64 / expected
+        } else {
+            0.0
+        },
+        errors: s.errors,
+    })
+}
+
+fn best_broadcast_peer(
+    results: &Results,
+    receivers: usize,
+) -> Option<(&'static str, BroadcastSummary)> {
+    Impl::BROADCAST
+        .iter()
+        .filter(|i| i.is_peer())
+        .filter_map(|i| broadcast_summary(results, receivers, i.name()).map(|s| (i.name(), s)))
+        .max_by(|a, b| a.1.median.total_cmp(&b.1.median))
+}
+
+/// The runs of one compression case: throughput and the median wire/payload ratio.
+#[derive(Clone, Copy, Debug)]
+struct DeflateSummary {
+    rate: Summary,
+    ratio: Option<f64>,
+}
+
+fn compression_table(results: &Results) -> BTreeMap<(usize, String), DeflateSummary> {
+    results
+        .compression
+        .iter()
+        .filter_map(|(k, runs)| {
+            let rate = Summary::of(runs)?;
+            let ratios: Vec<f64> = runs.iter().filter_map(Outcome::wire_ratio).collect();
+            let ratio = (!ratios.is_empty()).then(|| median(&ratios));
+            Some((k.clone(), DeflateSummary { rate, ratio }))
+        })
+        .collect()
+}
+
 /// Writes the report into `settings.out` and the chart next to it.
 pub(crate) fn write(settings: &Settings, results: &Results) -> io::Result<()> {
     let echo = summarize(&results.echo);
@@ -297,8 +398,10 @@ fn markdown(settings: &Settings, results: &Results, echo: &EchoTable, chart: boo
         "hyper",
         "tokio-websockets",
         "tokio",
+        "axum",
     ]);
-    let versions: Vec<String> = versions.iter().map(|(n, v)| format!("{n} {v}")).collect();
+    let mut versions: Vec<String> = versions.iter().map(|(n, v)| format!("{n} {v}")).collect();
+    versions.extend(results.external_versions.iter().cloned());
     let _ = writeln!(
         md,
         "Machine: {} × {}, Linux {}, {}. Servers pinned to CPU {}, load generator to CPU {}. \
@@ -318,6 +421,8 @@ fn markdown(settings: &Settings, results: &Results, echo: &EchoTable, chart: boo
     client_section(&mut md, results);
     handshake_section(&mut md, results);
     memory_section(&mut md, results, settings);
+    broadcast_section(&mut md, results, settings);
+    compression_section(&mut md, results);
     micro_section(&mut md, &results.micro);
     if !results.failures.is_empty() {
         let _ = writeln!(md, "### Problems during the run\n");
@@ -334,13 +439,16 @@ fn targets(md: &mut String, results: &Results, echo: &EchoTable) {
     let _ = writeln!(md, "| Target | Measured | Met |\n|---|---|---|");
     let tether = Impl::Tether.name();
     let raw = Impl::Raw.name();
-    let mut row = |target: String, measured: Option<(f64, String)>, goal: &dyn Fn(f64) -> bool| {
+    // `measured`: the text and whether the target is met.
+    let mut row = |target: String, measured: Option<(String, bool)>| {
         let (text, met) = match measured {
-            Some((v, text)) if v.is_finite() => (text, if goal(v) { "yes" } else { "**no**" }),
-            _ => ("not measured".to_owned(), "—"),
+            Some((text, ok)) => (text, if ok { "yes" } else { "**no**" }),
+            None => ("not measured".to_owned(), "—"),
         };
         let _ = writeln!(md, "| {target} | {text} | {met} |");
     };
+    let check =
+        |v: f64, text: String, goal: &dyn Fn(f64) -> bool| v.is_finite().then(|| (text, goal(v)));
     for w in [0, 1] {
         let v = echo
             .get(&(w, tether))
@@ -348,8 +456,7 @@ fn targets(md: &mut String, results: &Results, echo: &EchoTable) {
             .map(|(t, r)| t.median / r.median);
         row(
             format!("≥ 0.95× raw TCP echo, {}", WORKLOADS[w].label),
-            v.map(|v| (v, format!("{v:.2}×"))),
-            &|v| v >= 0.95,
+            v.and_then(|v| check(v, format!("{v:.2}×"), &|v| v >= 0.95)),
         );
     }
     let vs_peer = |w: usize| {
@@ -360,21 +467,19 @@ fn targets(md: &mut String, results: &Results, echo: &EchoTable) {
     };
     row(
         format!("≥ 5× the best peer, {}", WORKLOADS[2].label),
-        vs_peer(2),
-        &|v| v >= 5.0,
+        vs_peer(2).and_then(|(v, t)| check(v, t, &|v| v >= 5.0)),
     );
     for w in [3, 4] {
         row(
             format!("≥ 1.1× the best peer, {}", WORKLOADS[w].label),
-            vs_peer(w),
-            &|v| v >= 1.1,
+            vs_peer(w).and_then(|(v, t)| check(v, t, &|v| v >= 1.1)),
         );
     }
     let mem = memory_medians(results);
     row(
         "≤ 3 KiB resident per idle connection".to_owned(),
-        mem.get(tether).map(|m| (m.0, bytes(m.0))),
-        &|v| v <= 3.0 * 1024.0,
+        mem.get(tether)
+            .and_then(|m| check(m.0, bytes(m.0), &|v| v <= 3.0 * 1024.0)),
     );
     for r in results
         .micro
@@ -384,9 +489,93 @@ fn targets(md: &mut String, results: &Results, echo: &EchoTable) {
         row(
             format!("masking ≥ 10 GB/s, {}", r.input),
             r.bytes_per_sec()
-                .map(|b| (b, format!("{:.1} GB/s", b / 1e9))),
-            &|v| v >= 10e9,
+                .and_then(|b| check(b, format!("{:.1} GB/s", b / 1e9), &|v| v >= 10e9)),
         );
+    }
+    // Broadcast: the ratio counts only if tether delivered everything.
+    let receivers: Vec<usize> = broadcast_counts(results);
+    for n in receivers {
+        let t = broadcast_summary(results, n, tether);
+        let best = best_broadcast_peer(results, n);
+        let measured = t.zip(best).map(|(t, (name, p))| {
+            let v = t.median / p.median;
+            let mut text = format!("{v:.2}× ({name})");
+            if t.lost > 0 {
+                let _ = write!(text, ", {} messages lost", thousands(t.lost as f64));
+            }
+            (text, v >= 3.0 && t.lost == 0)
+        });
+        row(
+            format!(
+                "≥ 3× the best peer in deliveries/s, broadcast to {} receivers",
+                thousands(n as f64)
+            ),
+            measured,
+        );
+    }
+    // Compression.
+    let table = compression_table(results);
+    if !table.is_empty() {
+        let default = Deflater {
+            kind: Impl::Tether,
+            level: Some(Deflater::default_level()),
+        }
+        .label();
+        let off = Deflater {
+            kind: Impl::Tether,
+            level: None,
+        }
+        .label();
+        for (w, workload) in COMPRESSION_WORKLOADS.iter().enumerate() {
+            let t = table.get(&(w, default.clone()));
+            let v = t
+                .zip(table.get(&(w, off.clone())))
+                .map(|(t, u)| t.rate.median / u.rate.median);
+            row(
+                format!("{default} (default) ≥ 0.6× {off}, {}", workload.label),
+                v.and_then(|v| check(v, format!("{v:.2}×"), &|v| v >= 0.6)),
+            );
+        }
+        let level6 = Deflater {
+            kind: Impl::Tether,
+            level: Some(6),
+        }
+        .label();
+        let ratio_of = |label: &str| -> Option<f64> {
+            let v: Vec<f64> = (0..COMPRESSION_WORKLOADS.len())
+                .filter_map(|w| table.get(&(w, label.to_owned()))?.ratio)
+                .collect();
+            (!v.is_empty()).then(|| median(&v))
+        };
+        let measured = ratio_of(&default).zip(ratio_of(&level6)).map(|(d, six)| {
+            let off = d / six - 1.0;
+            (
+                format!("{d:.3} vs {six:.3} ({:+.1}%)", off * 100.0),
+                off.abs() <= 0.15,
+            )
+        });
+        row(
+            format!("{default} (default): wire/payload within 15% of level 6's"),
+            measured,
+        );
+        for (w, workload) in COMPRESSION_WORKLOADS.iter().enumerate() {
+            let t = table.get(&(w, default.clone()));
+            let peer = [Impl::NodeWs, Impl::PythonWebsockets]
+                .iter()
+                .filter_map(|k| table.get(&(w, k.name().to_owned())).map(|s| (k.name(), s)))
+                .max_by(|a, b| a.1.rate.median.total_cmp(&b.1.rate.median));
+            let measured = t.zip(peer).and_then(|(t, (name, p))| {
+                let v = t.rate.median / p.rate.median;
+                check(v, format!("{v:.2}× ({name})"), &|v| v >= 4.0)
+            });
+            row(
+                format!(
+                    "{default} (default) ≥ 4× the faster of Node ws and Python websockets, {}",
+                    workload.label
+                ),
+                measured,
+            );
+        }
     }
     md.push('\n');
 }
@@ -416,7 +605,7 @@ fn echo_section(md: &mut String, echo: &EchoTable, chart: bool) {
     for (w, workload) in WORKLOADS.iter().enumerate() {
         let best = best_peer(echo, w);
         let raw = echo.get(&(w, Impl::Raw.name()));
-        for kind in Impl::SERVERS {
+        for kind in Impl::ECHO {
             let Some(s) = echo.get(&(w, kind.name())) else {
                 continue;
             };
@@ -437,6 +626,192 @@ fn echo_section(md: &mut String, echo: &EchoTable, chart: bool) {
                 micros(s.p99_ns),
                 ratio(best.map(|(_, b)| s.median / b.median)),
                 ratio(raw.map(|r| s.median / r.median)),
+            );
+        }
+    }
+    md.push('\n');
+    axum_table(md, echo);
+}
+
+/// tether behind axum against tether's own server, per echo workload.
+fn axum_table(md: &mut String, echo: &EchoTable) {
+    let (tether, axum) = (Impl::Tether.name(), Impl::Axum.name());
+    if !(0..WORKLOADS.len()).any(|w| echo.contains_key(&(w, axum))) {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "tether behind axum (`tether-axum`: an axum `Router` whose handler upgrades with \
+         `tether::axum::WebSocketUpgrade`, served by `axum::serve`) against tether's own \
+         server, same workloads and echo loop:\n"
+    );
+    let _ = writeln!(
+        md,
+        "| Workload | tether msgs/s | tether-axum msgs/s | min–max | p99 µs | × tether |\n\
+         |---|--:|--:|--:|--:|--:|"
+    );
+    for (w, workload) in WORKLOADS.iter().enumerate() {
+        let Some(a) = echo.get(&(w, axum)) else {
+            continue;
+        };
+        let t = echo.get(&(w, tether));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {}{} | {}–{} | {} | {} |",
+            workload.label,
+            t.map_or_else(|| "—".to_owned(), |t| thousands(t.median)),
+            thousands(a.median),
+            warn(a),
+            thousands(a.min),
+            thousands(a.max),
+            micros(a.p99_ns),
+            ratio(t.map(|t| a.median / t.median)),
+        );
+    }
+    md.push('\n');
+}
+
+fn broadcast_section(md: &mut String, results: &Results, settings: &Settings) {
+    let counts = broadcast_counts(results);
+    if counts.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "### Broadcast\n");
+    let _ = writeln!(
+        md,
+        "One sender connection sends {} binary messages, each starting with a sequence number \
+         and its send time, and keeps {} of them on their way (a message counts as delivered \
+         to the sender when its own copy comes back; each copy back lets one more go). The \
+         server relays every message to every connection, the sender included, through a \
+         `tokio::sync::broadcast` channel of {} messages: tether as its `broadcast_server` \
+         example does (one `PreparedMessage`, `feed_prepared` per receiver, one `flush` per \
+         batch), the peers with one write per message and receiver. Deliveries/s counts the \
+         messages received by all receivers (the sender's own copies not included), median of \
+         the runs; the lag is from the sender's write to the read that completed the message \
+         at a receiver (median of the runs' p50 and p99). Lost: sequence numbers receivers \
+         never saw (a receiver more than {} messages behind skips ahead), all runs together, \
+         with their share of what should have arrived.\n",
+        size_label(crate::run::BROADCAST_SIZE),
+        settings.broadcast_outstanding,
+        thousands(crate::broadcast::CAPACITY as f64),
+        thousands(crate::broadcast::CAPACITY as f64),
+    );
+    let _ = writeln!(
+        md,
+        "| Receivers | Server | deliveries/s | min–max | sent msgs/s | p50 lag µs | p99 lag µs \
+         | lost | × best peer |\n|--:|---|--:|--:|--:|--:|--:|--:|--:|"
+    );
+    for n in counts {
+        let best = best_broadcast_peer(results, n);
+        for kind in Impl::BROADCAST {
+            let Some(b) = broadcast_summary(results, n, kind.name()) else {
+                continue;
+            };
+            let name = if kind == Impl::Tether {
+                format!("**{}**", kind.name())
+            } else {
+                kind.name().to_owned()
+            };
+            let lost = if b.lost == 0 {
+                "0".to_owned()
+            } else {
+                format!(
+                    "{} ⚠ ({:.2}%)",
+                    thousands(b.lost as f64),
+                    b.lost_share * 100.0
+                )
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {name} | {}{} | {}–{} | {} | {} | {} | {lost} | {} |",
+                thousands(n as f64),
+                thousands(b.median),
+                if b.errors > 0 { " ⚠" } else { "" },
+                thousands(b.min),
+                thousands(b.max),
+                thousands(b.sent_rate),
+                micros(b.p50_ns),
+                micros(b.p99_ns),
+                ratio(best.map(|(_, p)| b.median / p.median)),
+            );
+        }
+    }
+    md.push('\n');
+}
+
+fn compression_section(md: &mut String, results: &Results) {
+    let table = compression_table(results);
+    if table.is_empty() {
+        return;
+    }
+    let default = Deflater::default_level();
+    let off = Deflater {
+        kind: Impl::Tether,
+        level: None,
+    }
+    .label();
+    let _ = writeln!(md, "### Compression\n");
+    let _ = writeln!(
+        md,
+        "{} JSON-like text messages (16 distinct ones per connection, in turn) echoed with \
+         permessage-deflate, no context takeover either way: tether at levels {} (its default \
+         is {default}), tether with compression off on the same workload, Node's `ws` \
+         (`perMessageDeflate` with `threshold: 0` and no context takeover, zlib's defaults \
+         otherwise) and Python's `websockets` (its defaults, compression on). The load \
+         generator offers `{}`, compresses its messages once before the run, checks one echo \
+         per connection (compressed, and inflating to the message) and then only counts. \
+         Wire/payload is the bytes read from the server per payload byte, frame headers \
+         included: the compression of the server's side (lower is better; about 1.004 \
+         uncompressed). Messages/s and latency as in the echo section; the ratios are to \
+         tether uncompressed and to the faster of Node and Python.\n",
+        size_label(crate::compress::PAYLOAD),
+        crate::run::LEVELS
+            .iter()
+            .map(u8::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        tether::DeflateConfig::default().client_offer(),
+    );
+    let _ = writeln!(
+        md,
+        "| Workload | Server | msgs/s | min–max | p50 µs | p99 µs | wire/payload | × {off} | \
+         × best of Node/Python |\n|---|---|--:|--:|--:|--:|--:|--:|--:|"
+    );
+    let labels: Vec<String> = Deflater::all(&Impl::SELECTABLE)
+        .into_iter()
+        .map(Deflater::label)
+        .collect();
+    for (w, workload) in COMPRESSION_WORKLOADS.iter().enumerate() {
+        let base = table.get(&(w, off.clone()));
+        let peer = [Impl::NodeWs, Impl::PythonWebsockets]
+            .iter()
+            .filter_map(|k| table.get(&(w, k.name().to_owned())))
+            .map(|s| s.rate.median)
+            .fold(f64::NAN, f64::max);
+        for label in &labels {
+            let Some(d) = table.get(&(w, label.clone())) else {
+                continue;
+            };
+            let name = if *label == format!("tether level {default}") {
+                format!("**{label}** (default)")
+            } else {
+                label.clone()
+            };
+            let r = &d.rate;
+            let _ = writeln!(
+                md,
+                "| {} | {name} | {}{} | {}–{} | {} | {} | {} | {} | {} |",
+                workload.label,
+                thousands(r.median),
+                warn(r),
+                thousands(r.min),
+                thousands(r.max),
+                micros(r.p50_ns),
+                micros(r.p99_ns),
+                d.ratio
+                    .map_or_else(|| "—".to_owned(), |x| format!("{x:.3}")),
+                ratio(base.map(|b| r.median / b.rate.median)),
+                ratio(Some(r.median / peer)),
             );
         }
     }
@@ -618,6 +993,7 @@ fn color(name: &str) -> &'static str {
         "tokio-tungstenite" => "#4c78a8",
         "fastwebsockets" => "#f2a541",
         "tokio-websockets" => "#59a14f",
+        "tether-axum" => "#e8868f",
         _ => "#9d9d9d",
     }
 }
@@ -637,7 +1013,7 @@ fn echo_chart(echo: &EchoTable) -> Option<String> {
     if groups.is_empty() {
         return None;
     }
-    let servers: Vec<Impl> = Impl::SERVERS
+    let servers: Vec<Impl> = Impl::ECHO
         .into_iter()
         .filter(|k| groups.iter().any(|w| echo.contains_key(&(*w, k.name()))))
         .collect();
@@ -789,6 +1165,10 @@ mod tests {
         assert_eq!(thousands(999.0), "999");
         assert_eq!(thousands(f64::NAN), "—");
         assert_eq!(bytes(2048.0), "2.00 KiB");
+        assert_eq!(
+            (size_label(1024), size_label(20)),
+            ("1 KiB".into(), "20 B".into())
+        );
         assert_eq!(ratio(Some(1.234)), "1.23×");
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
@@ -805,6 +1185,83 @@ mod tests {
         );
         let appended = splice("# T\n", "new\n");
         assert!(appended.starts_with("# T\n\n") && appended.contains("new\n"));
+    }
+
+    fn run(count: u64, extra: impl FnOnce(&mut Outcome)) -> Outcome {
+        let mut o = outcome(count);
+        extra(&mut o);
+        o
+    }
+
+    #[test]
+    fn broadcast_rows_and_targets() {
+        let mut results = Results::default();
+        let (tether, peer) = (Impl::Tether.name(), Impl::FastWebSockets.name());
+        results.broadcast.insert(
+            (1000, tether),
+            vec![
+                run(4_000_000, |o| o.sent = 4000),
+                run(3_000_000, |o| o.sent = 3000),
+            ],
+        );
+        results
+            .broadcast
+            .insert((1000, peer), vec![run(1_000_000, |o| o.sent = 1000)]);
+        results.broadcast.insert(
+            (10_000, tether),
+            vec![run(9_000_000, |o| {
+                o.sent = 1000;
+                o.lost = 1_000_000;
+            })],
+        );
+        results
+            .broadcast
+            .insert((10_000, peer), vec![run(1_000_000, |o| o.sent = 100)]);
+        assert_eq!(broadcast_counts(&results), [1000, 10_000]);
+        let t = broadcast_summary(&results, 1000, tether).unwrap();
+        assert_eq!((t.median, t.sent_rate, t.lost), (3_500_000.0, 3500.0, 0));
+        let t = broadcast_summary(&results, 10_000, tether).unwrap();
+        assert!((t.lost_share - 0.1).abs() < 1e-9);
+        let mut md = String::new();
+        targets(&mut md, &results, &EchoTable::new());
+        assert!(md.contains("broadcast to 1,000 receivers | 3.50× (fastwebsockets) | yes |"));
+        // 9× the peer, but messages were lost: not met.
+        assert!(md.contains("9.00× (fastwebsockets), 1,000,000 messages lost | **no** |"));
+    }
+
+    #[test]
+    fn compression_rows_and_targets() {
+        let mut results = Results::default();
+        let default = format!("tether level {}", Deflater::default_level());
+        let with_ratio = |count: u64, wire: u64| {
+            run(count, |o| {
+                o.wire_bytes = wire;
+                o.payload_bytes = 1000;
+            })
+        };
+        for w in 0..COMPRESSION_WORKLOADS.len() {
+            let runs = [
+                (default.clone(), with_ratio(70, 400)),
+                ("tether level 6".to_owned(), with_ratio(70, 400)),
+                ("tether uncompressed".to_owned(), with_ratio(100, 1004)),
+                ("node-ws".to_owned(), with_ratio(10, 403)),
+                ("python-websockets".to_owned(), with_ratio(20, 403)),
+            ];
+            for (label, o) in runs {
+                results.compression.insert((w, label), vec![o]);
+            }
+        }
+        let mut md = String::new();
+        targets(&mut md, &results, &EchoTable::new());
+        assert!(md.contains("≥ 0.6× tether uncompressed, 10 conns × 1 KiB JSON | 0.70× | yes |"));
+        assert!(md.contains("within 15% of level 6's | 0.400 vs 0.400 (+0.0%) | yes |"));
+        assert!(md.contains(
+            "Python websockets, 10 conns × 1 KiB JSON | 3.50× (python-websockets) | **no** |"
+        ));
+        let mut md = String::new();
+        compression_section(&mut md, &results);
+        assert!(md.contains("| python-websockets | 20 |"), "{md}");
+        assert!(md.contains("| 0.403 | 0.20× | 1.00× |"), "{md}");
     }
 
     #[test]

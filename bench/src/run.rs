@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::args::Args;
 use crate::clients::CLIENTS;
+use crate::compress;
 use crate::micro::{self, MicroMode};
 use crate::proc::{Child, ServerProcess};
 use crate::report;
@@ -56,6 +57,87 @@ pub(crate) const WORKLOADS: [Workload; 5] = [
     },
 ];
 
+/// The compression section's workloads: the same shapes as two of the echo workloads, with
+/// 1 KiB JSON-like text instead of binary.
+pub(crate) const COMPRESSION_WORKLOADS: [Workload; 2] = [
+    Workload {
+        label: "10 conns × 1 KiB JSON",
+        conns: 10,
+        size: compress::PAYLOAD,
+        inflight: 1,
+    },
+    Workload {
+        label: "16 conns × 1 KiB JSON, 16 in flight",
+        conns: 16,
+        size: compress::PAYLOAD,
+        inflight: 16,
+    },
+];
+
+/// tether's compression levels measured (its default is added if it is not among them).
+pub(crate) const LEVELS: [u8; 3] = [1, 6, 9];
+
+/// Payload of the broadcast section's messages.
+pub(crate) const BROADCAST_SIZE: usize = 1024;
+
+/// One server of the compression section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Deflater {
+    pub(crate) kind: Impl,
+    /// tether's compression level; `None` for tether with compression off, and for the
+    /// peers (which run with their own settings).
+    pub(crate) level: Option<u8>,
+}
+
+impl Deflater {
+    /// The level tether compresses at by default.
+    pub(crate) fn default_level() -> u8 {
+        tether::DeflateConfig::default().level
+    }
+
+    /// The name in the report: `tether level 6`, `tether uncompressed`, `node-ws`, ...
+    pub(crate) fn label(self) -> String {
+        match (self.kind, self.level) {
+            (Impl::Tether, Some(level)) => format!("tether level {level}"),
+            (Impl::Tether, None) => "tether uncompressed".to_owned(),
+            (kind, _) => kind.name().to_owned(),
+        }
+    }
+
+    /// True unless this is tether with compression off.
+    pub(crate) fn compresses(self) -> bool {
+        !(self.kind == Impl::Tether && self.level.is_none())
+    }
+
+    /// The servers of the section, in report order, for the selected `servers`.
+    pub(crate) fn all(servers: &[Impl]) -> Vec<Self> {
+        let mut v = Vec::new();
+        if servers.contains(&Impl::Tether) {
+            let mut levels = LEVELS.to_vec();
+            if !levels.contains(&Self::default_level()) {
+                levels.push(Self::default_level());
+                levels.sort_unstable();
+            }
+            for level in levels {
+                v.push(Self {
+                    kind: Impl::Tether,
+                    level: Some(level),
+                });
+            }
+            v.push(Self {
+                kind: Impl::Tether,
+                level: None,
+            });
+        }
+        for kind in [Impl::NodeWs, Impl::PythonWebsockets] {
+            if servers.contains(&kind) {
+                v.push(Self { kind, level: None });
+            }
+        }
+        v
+    }
+}
+
 /// Settings of one orchestrated run.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
@@ -66,6 +148,12 @@ pub(crate) struct Settings {
     pub(crate) idle_conns: usize,
     pub(crate) memory_repeats: usize,
     pub(crate) handshake_concurrency: usize,
+    /// Receiver counts of the broadcast section.
+    pub(crate) broadcast_receivers: Vec<usize>,
+    /// Messages the broadcast sender keeps on their way.
+    pub(crate) broadcast_outstanding: usize,
+    /// `--python`: the interpreter for Python's `websockets`.
+    pub(crate) python: Option<String>,
     pub(crate) server_cpu: usize,
     pub(crate) load_cpu: usize,
     pub(crate) servers: Vec<Impl>,
@@ -83,7 +171,15 @@ impl Settings {
     }
 }
 
-const SECTIONS: [&str; 5] = ["echo", "client", "handshakes", "memory", "micro"];
+const SECTIONS: [&str; 7] = [
+    "echo",
+    "client",
+    "handshakes",
+    "memory",
+    "broadcast",
+    "compression",
+    "micro",
+];
 
 pub(crate) const HELP: &str = "\
 bench: comparative benchmarks of tether (see docs/benchmarks.md)
@@ -99,9 +195,14 @@ bench: comparative benchmarks of tether (see docs/benchmarks.md)
   --idle-conns N       connections for the memory count (default 10000)
   --memory-repeats N   memory counts per server (default: --repeats)
   --handshake-concurrency N   concurrent connect/upgrade/close loops (default 32)
-  --only LIST          comma-separated sections: echo,client,handshakes,memory,micro
-  --servers LIST       comma-separated servers (default all): tether,tokio-tungstenite,
-                       fastwebsockets,tokio-websockets,raw-tcp
+  --broadcast-receivers LIST  receiver counts of the broadcast section (default 1000,10000)
+  --broadcast-outstanding N   messages the broadcast sender keeps out (default 8)
+  --python PATH        Python with `websockets` (default .venv-test/bin/python, else python3)
+  --only LIST          comma-separated sections: echo,client,handshakes,memory,broadcast,
+                       compression,micro
+  --servers LIST       comma-separated servers (default all): tether,tether-axum,
+                       tokio-tungstenite,fastwebsockets,tokio-websockets,raw-tcp,node-ws,
+                       python-websockets (each section runs those of its own among them)
   --micro MODE         run (default: cargo bench the micro-benchmarks), summary (only read
                        existing criterion results) or skip
   --server-cpu N       core for the servers (default 0)
@@ -113,6 +214,10 @@ Modes used by the orchestrator (this same binary):
   client --impl tether|tokio-tungstenite --addr A --conns N --size B --inflight K ...
   handshakes --addr A [--concurrency C] --warmup S --duration S [--cpu N]
   idle --addr A --conns N [--raw] [--cpu N]
+  server --impl NAME --broadcast | --deflate-level L ...
+  broadcast --addr A --receivers N --size B --outstanding K --warmup S --duration S [--cpu N]
+  deflate-load --addr A --conns N --size B --inflight K --warmup S --duration S
+               [--require-deflate] [--cpu N]
 ";
 
 fn settings(args: &Args, raw_args: &[String]) -> io::Result<Settings> {
@@ -125,6 +230,9 @@ fn settings(args: &Args, raw_args: &[String]) -> io::Result<Settings> {
         "idle-conns",
         "memory-repeats",
         "handshake-concurrency",
+        "broadcast-receivers",
+        "broadcast-outstanding",
+        "python",
         "only",
         "servers",
         "micro",
@@ -146,11 +254,24 @@ fn settings(args: &Args, raw_args: &[String]) -> io::Result<Settings> {
             .split(',')
             .map(|s| {
                 Impl::parse(s.trim())
-                    .filter(|i| Impl::SERVERS.contains(i))
+                    .filter(|i| Impl::SELECTABLE.contains(i))
                     .ok_or_else(|| io::Error::other(format!("--servers: unknown server {s}")))
             })
             .collect::<io::Result<Vec<_>>>()?,
-        None => Impl::SERVERS.to_vec(),
+        None => Impl::SELECTABLE.to_vec(),
+    };
+    let broadcast_receivers = match args.get("broadcast-receivers") {
+        Some(list) => list
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| io::Error::other(format!("--broadcast-receivers: {n:?}")))
+            })
+            .collect::<io::Result<Vec<_>>>()?,
+        None => vec![1000, 10_000],
     };
     let micro = match args.get("micro").unwrap_or("run") {
         "run" => MicroMode::Run,
@@ -166,6 +287,9 @@ fn settings(args: &Args, raw_args: &[String]) -> io::Result<Settings> {
         idle_conns: args.parse_or("idle-conns", 10_000)?,
         memory_repeats: args.parse_or("memory-repeats", repeats)?.max(1),
         handshake_concurrency: args.parse_or("handshake-concurrency", 32)?,
+        broadcast_receivers,
+        broadcast_outstanding: args.parse_or::<usize>("broadcast-outstanding", 8)?.max(1),
+        python: args.get("python").map(str::to_owned),
         server_cpu: args.parse_or("server-cpu", 0)?,
         load_cpu: args.parse_or("load-cpu", if cpus > 1 { 1 } else { 0 })?,
         servers,
@@ -201,6 +325,12 @@ pub(crate) struct Results {
     pub(crate) client: BTreeMap<(usize, &'static str), Vec<Outcome>>,
     pub(crate) handshakes: BTreeMap<&'static str, Vec<Outcome>>,
     pub(crate) memory: BTreeMap<&'static str, Vec<MemorySample>>,
+    /// (receivers, server) → runs.
+    pub(crate) broadcast: BTreeMap<(usize, &'static str), Vec<Outcome>>,
+    /// (compression workload index, server label) → runs.
+    pub(crate) compression: BTreeMap<(usize, String), Vec<Outcome>>,
+    /// Versions of the peers outside Rust, as found when they ran.
+    pub(crate) external_versions: Vec<String>,
     pub(crate) micro: Vec<micro::MicroResult>,
     pub(crate) failures: Vec<String>,
     pub(crate) load_before: String,
@@ -247,6 +377,12 @@ fn run_all(s: &Settings) -> io::Result<()> {
     if s.section("memory") {
         run_memory(s, &mut results)?;
     }
+    if s.section("broadcast") {
+        run_broadcast(s, &mut results)?;
+    }
+    if s.section("compression") {
+        run_compression(s, &mut results)?;
+    }
     results.load_after = report::load_average();
     if s.section("micro") {
         results.micro = micro::collect(s.micro, s.quick)?;
@@ -260,7 +396,7 @@ fn run_all(s: &Settings) -> io::Result<()> {
 
 /// The servers of the run in the order of repeat `r`: the order rotates so that no server
 /// always runs first or last.
-fn rotated(servers: &[Impl], r: usize) -> Vec<Impl> {
+fn rotated<T: Clone>(servers: &[T], r: usize) -> Vec<T> {
     let mut v = servers.to_vec();
     if !v.is_empty() {
         let k = r % v.len();
@@ -308,6 +444,12 @@ fn record(
                 );
                 failures.push(format!("{what}: {} errors{note}", o.errors));
             }
+            if let Some(ratio) = o.wire_ratio() {
+                note.push_str(&format!(" wire/payload {ratio:.3}"));
+            }
+            if o.sent > 0 {
+                note.push_str(&format!(" sent {} lost {}", o.sent, o.lost));
+            }
             eprintln!(
                 "  {what}: {:.0}/s p50 {:.1} µs p99 {:.1} µs{note}",
                 o.rate(),
@@ -323,15 +465,25 @@ fn record(
     }
 }
 
+/// The selected servers that `section` runs, in the order of `section`.
+fn selected(s: &Settings, section: &[Impl]) -> Vec<Impl> {
+    section
+        .iter()
+        .copied()
+        .filter(|k| s.servers.contains(k))
+        .collect()
+}
+
 fn run_echo(s: &Settings, results: &mut Results) -> io::Result<()> {
     eprintln!("echo servers: {} workloads", WORKLOADS.len());
+    let kinds = selected(s, &Impl::ECHO);
     let mut servers = Vec::new();
-    for &kind in &s.servers {
+    for &kind in &kinds {
         servers.push((kind, ServerProcess::start(kind.name(), s.server_cpu)?));
     }
     for r in 0..s.repeats {
         for (wi, w) in WORKLOADS.iter().enumerate() {
-            for kind in rotated(&s.servers, r) {
+            for kind in rotated(&kinds, r) {
                 let Some((_, server)) = servers.iter().find(|(k, _)| *k == kind) else {
                     continue;
                 };
@@ -406,8 +558,9 @@ fn run_clients(s: &Settings, results: &mut Results) -> io::Result<()> {
 
 fn run_handshakes(s: &Settings, results: &mut Results) -> io::Result<()> {
     eprintln!("handshakes");
+    let kinds = selected(s, &Impl::SERVERS);
     for r in 0..s.repeats {
-        for kind in rotated(&s.servers, r) {
+        for kind in rotated(&kinds, r) {
             // A fresh server each time: the rate must not depend on what ran before.
             let server = ServerProcess::start(kind.name(), s.server_cpu)?;
             let mut args: Vec<String> = [
@@ -435,8 +588,9 @@ fn run_handshakes(s: &Settings, results: &mut Results) -> io::Result<()> {
 
 fn run_memory(s: &Settings, results: &mut Results) -> io::Result<()> {
     eprintln!("memory: {} idle connections per server", s.idle_conns);
+    let kinds = selected(s, &Impl::SERVERS);
     for r in 0..s.memory_repeats {
-        for kind in rotated(&s.servers, r) {
+        for kind in rotated(&kinds, r) {
             let what = format!("[{}/{}] {} memory", r + 1, s.memory_repeats, kind.name());
             match memory_once(s, kind) {
                 Ok(m) => {
@@ -461,6 +615,179 @@ fn run_memory(s: &Settings, results: &mut Results) -> io::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+fn run_broadcast(s: &Settings, results: &mut Results) -> io::Result<()> {
+    let kinds = selected(s, &Impl::BROADCAST);
+    eprintln!(
+        "broadcast: {:?} receivers, {} B messages, {} outstanding",
+        s.broadcast_receivers, BROADCAST_SIZE, s.broadcast_outstanding
+    );
+    for r in 0..s.repeats {
+        for &receivers in &s.broadcast_receivers {
+            for kind in rotated(&kinds, r) {
+                let what = format!(
+                    "[{}/{}] {} broadcast to {receivers}",
+                    r + 1,
+                    s.repeats,
+                    kind.name()
+                );
+                // A fresh server each time: no connection of an earlier run is still being
+                // written to.
+                let server = match ServerProcess::start_with(
+                    kind.name(),
+                    s.server_cpu,
+                    &["--broadcast".to_owned()],
+                ) {
+                    Ok(server) => server,
+                    Err(e) => {
+                        eprintln!("  {what}: FAILED: {e}");
+                        results.failures.push(format!("{what}: {e}"));
+                        continue;
+                    }
+                };
+                let mut args: Vec<String> = [
+                    "broadcast",
+                    "--addr",
+                    &server.addr,
+                    "--receivers",
+                    &receivers.to_string(),
+                    "--size",
+                    &BROADCAST_SIZE.to_string(),
+                    "--outstanding",
+                    &s.broadcast_outstanding.to_string(),
+                ]
+                .map(str::to_owned)
+                .to_vec();
+                args.extend(timing_args(s));
+                let outcome = run_child(args, s);
+                server.stop();
+                let runs = results
+                    .broadcast
+                    .entry((receivers, kind.name()))
+                    .or_default();
+                record(&mut results.failures, runs, what, outcome);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts one server of the compression section.
+fn start_deflater(
+    s: &Settings,
+    d: Deflater,
+    python: &std::path::Path,
+) -> io::Result<ServerProcess> {
+    match (d.kind, d.level) {
+        (Impl::Tether, Some(level)) => ServerProcess::start_with(
+            Impl::Tether.name(),
+            s.server_cpu,
+            &["--deflate-level".to_owned(), level.to_string()],
+        ),
+        (Impl::Tether, None) => ServerProcess::start(Impl::Tether.name(), s.server_cpu),
+        (kind, _) => {
+            let (program, args) = compress::external_server(kind, s.server_cpu, python);
+            ServerProcess::start_program(&program, &args)
+        }
+    }
+}
+
+/// `program args`'s first line of output, trimmed.
+fn first_line(program: &std::path::Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    Some(text.lines().next()?.trim().to_owned()).filter(|l| !l.is_empty())
+}
+
+fn run_compression(s: &Settings, results: &mut Results) -> io::Result<()> {
+    let mut variants = Deflater::all(&s.servers);
+    eprintln!(
+        "compression: {} servers, {} workloads",
+        variants.len(),
+        COMPRESSION_WORKLOADS.len()
+    );
+    // Everything is installed and started before anything is measured.
+    if variants.iter().any(|d| d.kind == Impl::NodeWs) {
+        if let Err(e) = compress::ensure_node_modules() {
+            eprintln!("  node-ws: FAILED: {e}");
+            results.failures.push(format!("node-ws: {e}"));
+            variants.retain(|d| d.kind != Impl::NodeWs);
+        }
+    }
+    let python = compress::python(s.python.as_deref());
+    let mut servers = Vec::new();
+    for d in variants {
+        match start_deflater(s, d, &python) {
+            Ok(server) => servers.push((d, server)),
+            Err(e) => {
+                eprintln!("  {}: FAILED to start: {e}", d.label());
+                results.failures.push(format!("{}: {e}", d.label()));
+            }
+        }
+    }
+    if servers.iter().any(|(d, _)| d.kind == Impl::NodeWs) {
+        let ws = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/node/node_modules/ws/package.json"
+        ))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["version"].as_str().map(str::to_owned));
+        let node = first_line(std::path::Path::new("node"), &["--version"]);
+        results.external_versions.push(format!(
+            "ws {} (Node {})",
+            ws.as_deref().unwrap_or("?"),
+            node.as_deref().unwrap_or("?")
+        ));
+    }
+    if servers
+        .iter()
+        .any(|(d, _)| d.kind == Impl::PythonWebsockets)
+    {
+        let code = "import sys, websockets; print(websockets.__version__, sys.version.split()[0])";
+        let v = first_line(&python, &["-c", code]).unwrap_or_else(|| "? ?".to_owned());
+        let (ws, py) = v.split_once(' ').unwrap_or((&v, "?"));
+        results
+            .external_versions
+            .push(format!("websockets {ws} (Python {py})"));
+    }
+    let order: Vec<usize> = (0..servers.len()).collect();
+    for r in 0..s.repeats {
+        for (wi, w) in COMPRESSION_WORKLOADS.iter().enumerate() {
+            for i in rotated(&order, r) {
+                let (d, server) = &servers[i];
+                let mut args: Vec<String> = [
+                    "deflate-load",
+                    "--addr",
+                    &server.addr,
+                    "--conns",
+                    &w.conns.to_string(),
+                    "--size",
+                    &w.size.to_string(),
+                    "--inflight",
+                    &w.inflight.to_string(),
+                ]
+                .map(str::to_owned)
+                .to_vec();
+                if d.compresses() {
+                    args.push("--require-deflate".into());
+                }
+                args.extend(timing_args(s));
+                let what = format!("[{}/{}] {} {}", r + 1, s.repeats, d.label(), w.label);
+                let outcome = run_child(args, s);
+                let runs = results.compression.entry((wi, d.label())).or_default();
+                record(&mut results.failures, runs, what, outcome);
+            }
+        }
+    }
+    for (_, server) in servers {
+        server.stop();
     }
     Ok(())
 }
@@ -520,12 +847,31 @@ mod tests {
     }
 
     #[test]
+    fn compression_servers() {
+        let all = Deflater::all(&Impl::SELECTABLE);
+        let labels: Vec<String> = all.iter().map(|d| d.label()).collect();
+        assert!(labels.contains(&"tether level 1".to_owned()));
+        assert!(labels.contains(&format!("tether level {}", Deflater::default_level())));
+        assert!(labels.contains(&"tether uncompressed".to_owned()));
+        assert!(
+            labels.contains(&"node-ws".to_owned())
+                && labels.contains(&"python-websockets".to_owned())
+        );
+        assert_eq!(all.iter().filter(|d| !d.compresses()).count(), 1);
+        assert!(Deflater::all(&[Impl::NodeWs])
+            .iter()
+            .all(|d| d.kind == Impl::NodeWs));
+    }
+
+    #[test]
     fn quick_settings() {
         let args = Args::parse_from(&["--quick".to_owned()]).unwrap();
         let s = settings(&args, &[]).unwrap();
         assert_eq!((s.repeats, s.memory_repeats), (2, 2));
         assert!(s.duration < 3.0);
         assert!(s.section("echo") && s.section("micro"));
+        assert!(s.section("broadcast") && s.section("compression"));
+        assert_eq!(s.broadcast_receivers, [1000, 10_000]);
         let args = Args::parse_from(&["--only".to_owned(), "nope".to_owned()]).unwrap();
         assert!(settings(&args, &[]).is_err());
     }

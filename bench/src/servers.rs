@@ -1,7 +1,10 @@
 //! Echo servers, one per library, built the same way: a current-thread tokio runtime pinned
 //! to one core, one accept loop, `TCP_NODELAY` on every accepted socket, one task per
 //! connection (hyper's connection task comes first for fastwebsockets, as its docs do it),
-//! compression off. Inside the task each library is used as its own echo example does.
+//! compression off (tether's is on with `--deflate-level`, for the compression section).
+//! Inside the task each library is used as its own echo example does. tether behind axum
+//! (`tether-axum`) runs axum's own accept loop. The broadcast servers are in
+//! [`crate::broadcast`].
 
 use std::io;
 use std::pin::Pin;
@@ -24,6 +27,12 @@ pub(crate) enum Impl {
     TokioWebsockets,
     /// A minimal frame-level echo (unmask, re-frame) for the client-side comparison.
     FrameEcho,
+    /// tether behind axum: an axum app upgrading with `tether::axum::WebSocketUpgrade`.
+    Axum,
+    /// Node's `ws` (`bench/node/echo.mjs`), compression section only.
+    NodeWs,
+    /// Python's `websockets` (`bench/python/echo.py`), compression section only.
+    PythonWebsockets,
 }
 
 impl Impl {
@@ -36,6 +45,36 @@ impl Impl {
         Self::Raw,
     ];
 
+    /// The echo section's servers: the compared ones with tether behind axum after tether.
+    pub(crate) const ECHO: [Self; 6] = [
+        Self::Tether,
+        Self::Axum,
+        Self::Tungstenite,
+        Self::FastWebSockets,
+        Self::TokioWebsockets,
+        Self::Raw,
+    ];
+
+    /// The broadcast section's servers.
+    pub(crate) const BROADCAST: [Self; 4] = [
+        Self::Tether,
+        Self::Tungstenite,
+        Self::FastWebSockets,
+        Self::TokioWebsockets,
+    ];
+
+    /// Every server `--servers` may name.
+    pub(crate) const SELECTABLE: [Self; 8] = [
+        Self::Tether,
+        Self::Axum,
+        Self::Tungstenite,
+        Self::FastWebSockets,
+        Self::TokioWebsockets,
+        Self::Raw,
+        Self::NodeWs,
+        Self::PythonWebsockets,
+    ];
+
     pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Raw => "raw-tcp",
@@ -44,20 +83,22 @@ impl Impl {
             Self::FastWebSockets => "fastwebsockets",
             Self::TokioWebsockets => "tokio-websockets",
             Self::FrameEcho => "frame-echo",
+            Self::Axum => "tether-axum",
+            Self::NodeWs => "node-ws",
+            Self::PythonWebsockets => "python-websockets",
         }
     }
 
     pub(crate) fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Raw,
-            Self::Tether,
-            Self::Tungstenite,
-            Self::FastWebSockets,
-            Self::TokioWebsockets,
-            Self::FrameEcho,
-        ]
-        .into_iter()
-        .find(|i| i.name() == s)
+        Self::SELECTABLE
+            .into_iter()
+            .chain([Self::FrameEcho])
+            .find(|i| i.name() == s)
+    }
+
+    /// True for the servers this binary runs itself (not Node or Python).
+    pub(crate) fn is_rust(self) -> bool {
+        !matches!(self, Self::NodeWs | Self::PythonWebsockets)
     }
 
     /// True for the libraries tether is compared with.
@@ -69,14 +110,27 @@ impl Impl {
     }
 }
 
-/// `bench server --impl NAME [--addr 127.0.0.1:0] [--cpu N]`: prints `LISTENING <addr>` and
-/// serves until its standard input closes.
+/// `bench server --impl NAME [--addr 127.0.0.1:0] [--cpu N] [--broadcast] [--deflate-level L]`:
+/// prints `LISTENING <addr>` and serves until its standard input closes. `--broadcast` relays
+/// every message to every connection instead of echoing it (see [`crate::broadcast`]);
+/// `--deflate-level` turns tether's permessage-deflate on at that level.
 pub(crate) fn main(args: &Args) -> io::Result<()> {
+    args.only(&["impl", "addr", "cpu", "broadcast", "deflate-level"])?;
     let kind = args
         .get("impl")
         .and_then(Impl::parse)
-        .ok_or_else(|| io::Error::other("--impl: raw-tcp, tether, tokio-tungstenite, fastwebsockets, tokio-websockets or frame-echo"))?;
+        .filter(|k| k.is_rust())
+        .ok_or_else(|| io::Error::other("--impl: raw-tcp, tether, tether-axum, tokio-tungstenite, fastwebsockets, tokio-websockets or frame-echo"))?;
     let addr = args.get("addr").unwrap_or("127.0.0.1:0").to_owned();
+    let broadcast = args.flag("broadcast");
+    let level: Option<u8> = args.parse("deflate-level")?;
+    if level.is_some() && kind != Impl::Tether {
+        return Err(io::Error::other("--deflate-level: tether only"));
+    }
+    let compression = level.map(|level| tether::DeflateConfig {
+        level,
+        ..Default::default()
+    });
     if let Some(cpu) = args.parse::<usize>("cpu")? {
         crate::sys::pin_to_cpu(cpu)?;
     }
@@ -85,14 +139,24 @@ pub(crate) fn main(args: &Args) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(kind, &addr))
+    if broadcast {
+        return rt.block_on(crate::broadcast::serve(kind, &addr));
+    }
+    if kind == Impl::Axum {
+        return rt.block_on(axum_serve(&addr));
+    }
+    rt.block_on(serve(kind, &addr, compression))
 }
 
-async fn serve(kind: Impl, addr: &str) -> io::Result<()> {
+async fn serve(
+    kind: Impl,
+    addr: &str,
+    compression: Option<tether::DeflateConfig>,
+) -> io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     println!("LISTENING {}", listener.local_addr()?);
     let tether_config =
-        tether::ServerConfig::default().config(tether::Config::default().compression(None));
+        tether::ServerConfig::default().config(tether::Config::default().compression(compression));
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -110,6 +174,12 @@ async fn serve(kind: Impl, addr: &str) -> io::Result<()> {
             Impl::FastWebSockets => tokio::spawn(fastwebsockets_connection(tcp)),
             Impl::TokioWebsockets => tokio::spawn(tokio_websockets_echo(tcp)),
             Impl::FrameEcho => tokio::spawn(frame_echo(tcp)),
+            other => {
+                return Err(io::Error::other(format!(
+                    "{} is not served here",
+                    other.name()
+                )))
+            }
         };
     }
 }
@@ -174,6 +244,40 @@ async fn tether_echo(tcp: TcpStream, config: tether::ServerConfig) {
             break;
         }
     }
+}
+
+/// tether behind axum, as `crates/tether/examples/axum_echo.rs` has it (`axum::serve` with
+/// `TCP_NODELAY` on every accepted socket, the `recv`/`send` loop in `on_upgrade`), with
+/// compression off like the other echo servers.
+async fn axum_serve(addr: &str) -> io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    use tether::axum::WebSocketUpgrade;
+    use tether::upgrade::UpgradedWebSocket;
+
+    let listener = TcpListener::bind(addr).await?;
+    println!("LISTENING {}", listener.local_addr()?);
+    let config = std::sync::Arc::new(
+        tether::ServerConfig::default().config(tether::Config::default().compression(None)),
+    );
+    let echo = move |ws: WebSocketUpgrade| {
+        let config = config.clone();
+        async move {
+            ws.config(config)
+                .on_upgrade(|mut ws: UpgradedWebSocket| async move {
+                    while let Some(Ok(msg)) = ws.recv().await {
+                        if ws.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                    while ws.recv().await.is_some() {}
+                })
+        }
+    };
+    let app = axum::Router::new().route("/", axum::routing::get(echo));
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).await
 }
 
 /// tokio-tungstenite: its `echo-server` example (split, keep data messages, forward).
@@ -291,7 +395,8 @@ async fn frame_echo(mut tcp: TcpStream) {
     }
 }
 
-fn header_value(head: &[u8], name: &str) -> Option<String> {
+/// The value of header `name` (case-insensitive) in an HTTP head.
+pub(crate) fn header_value(head: &[u8], name: &str) -> Option<String> {
     let text = std::str::from_utf8(head).ok()?;
     text.split("\r\n").find_map(|line| {
         let (n, v) = line.split_once(':')?;

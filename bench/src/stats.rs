@@ -101,6 +101,14 @@ pub(crate) struct Outcome {
     pub(crate) p99_ns: u64,
     pub(crate) errors: u64,
     pub(crate) first_error: Option<String>,
+    /// Broadcast: messages a receiver never got (gaps in the sequence numbers it saw).
+    pub(crate) lost: u64,
+    /// Broadcast: messages the sender sent.
+    pub(crate) sent: u64,
+    /// Compression: bytes read from the server's connections (frames, headers included).
+    pub(crate) wire_bytes: u64,
+    /// Compression: payload bytes of the messages those frames carried.
+    pub(crate) payload_bytes: u64,
 }
 
 impl Outcome {
@@ -116,10 +124,19 @@ impl Outcome {
                 "p99_ns" => o.p99_ns = v.parse().ok()?,
                 "errors" => o.errors = v.parse().ok()?,
                 "first_error" => o.first_error = Some(v.to_owned()),
+                "lost" => o.lost = v.parse().ok()?,
+                "sent" => o.sent = v.parse().ok()?,
+                "wire_bytes" => o.wire_bytes = v.parse().ok()?,
+                "payload_bytes" => o.payload_bytes = v.parse().ok()?,
                 _ => {}
             }
         }
         Some(o)
+    }
+
+    /// Bytes on the wire per payload byte; `None` when nothing was counted.
+    pub(crate) fn wire_ratio(&self) -> Option<f64> {
+        (self.payload_bytes > 0).then(|| self.wire_bytes as f64 / self.payload_bytes as f64)
     }
 
     /// Operations per second.
@@ -150,5 +167,12 @@ mod tests {
         assert!((o.p50_ns as f64 - 10_000.0).abs() < 400.0);
         assert!((o.rate() - 0.5).abs() < 1e-9);
         assert!(Outcome::parse("LISTENING 1").is_none());
+        let line = format!(
+            "{} lost=3 sent=9 wire_bytes=50 payload_bytes=100",
+            s.report(1.0)
+        );
+        let o = Outcome::parse(&line).unwrap();
+        assert_eq!((o.lost, o.sent), (3, 9));
+        assert_eq!(o.wire_ratio(), Some(0.5));
     }
 }

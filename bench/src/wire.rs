@@ -8,12 +8,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Upgrade request sent by every load-generator connection. The key is the RFC 6455 sample;
+/// Upgrade request sent by every load-generator connection, with `extra_headers` (lines
+/// ending with CRLF, or nothing) before the blank line. The key is the RFC 6455 sample;
 /// servers do not care that it repeats.
-pub(crate) fn upgrade_request(host: &str) -> Vec<u8> {
+pub(crate) fn upgrade_request_with(host: &str, extra_headers: &str) -> Vec<u8> {
     format!(
         "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         {extra_headers}\r\n"
     )
     .into_bytes()
 }
@@ -37,7 +39,20 @@ pub(crate) async fn handshake(
     host: &str,
     expect_101: bool,
 ) -> io::Result<Vec<u8>> {
-    tcp.write_all(&upgrade_request(host)).await?;
+    let (_head, extra) = handshake_with(tcp, host, "", expect_101).await?;
+    Ok(extra)
+}
+
+/// [`handshake`] with more request header lines (see [`upgrade_request_with`]); returns the
+/// response head too.
+pub(crate) async fn handshake_with(
+    tcp: &mut TcpStream,
+    host: &str,
+    extra_headers: &str,
+    expect_101: bool,
+) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    tcp.write_all(&upgrade_request_with(host, extra_headers))
+        .await?;
     let mut head = Vec::with_capacity(256);
     let mut buf = [0u8; 1024];
     loop {
@@ -56,7 +71,8 @@ pub(crate) async fn handshake(
                     String::from_utf8_lossy(line)
                 )));
             }
-            return Ok(head.split_off(end));
+            let extra = head.split_off(end);
+            return Ok((head, extra));
         }
         if head.len() > 16 << 10 {
             return Err(io::Error::other("response head too long"));
@@ -104,7 +120,7 @@ pub(crate) fn masked_close(key: [u8; 4]) -> [u8; 8] {
 }
 
 /// Total header length given a frame's first two bytes.
-fn header_len(b1: u8) -> usize {
+pub(crate) fn header_len(b1: u8) -> usize {
     let ext = match b1 & 0x7f {
         126 => 2,
         127 => 8,
