@@ -207,8 +207,9 @@ struct Inner<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
-    /// Writes out the transmit buffer. Errors after the closing handshake are not reported:
-    /// the peer may have gone already, and nothing is lost.
+    /// Writes out the transmit buffer. Errors once our Close went out (closing or closed)
+    /// are not reported: the peer may have answered and gone already (an HTTP/2 stream is
+    /// reset as soon as the server is done), and its Close may still be read.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let result = self.write_out(cx);
         if let Some(w) = self.write_waiter.take() {
@@ -216,7 +217,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             w.wake();
         }
         match result {
-            Poll::Ready(Err(_)) if self.proto.state() == State::Closed => {
+            Poll::Ready(Err(_)) if self.proto.state() != State::Open => {
                 let n = self.proto.buffered_amount();
                 self.proto.advance_transmit(n);
                 Poll::Ready(Ok(()))
