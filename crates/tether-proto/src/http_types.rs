@@ -55,23 +55,31 @@ impl Response {
     /// The response as an `http::Response` whose body is the kept body prefix (see
     /// [`Response::body_truncated`]).
     pub fn to_http(&self) -> ::http::Response<Bytes> {
-        let mut response = ::http::Response::new(Bytes::copy_from_slice(&self.body));
-        // The parser accepts three-digit status codes only, all of which `StatusCode` takes.
-        *response.status_mut() = ::http::StatusCode::from_u16(self.status)
-            .unwrap_or(::http::StatusCode::INTERNAL_SERVER_ERROR);
-        *response.headers_mut() = self.headers.to_header_map();
-        response
+        http_response(
+            self.status,
+            &self.headers,
+            Bytes::copy_from_slice(&self.body),
+        )
     }
 }
 
 impl From<Response> for ::http::Response<Bytes> {
     fn from(response: Response) -> Self {
-        let mut converted = Self::new(Bytes::from(response.body));
-        *converted.status_mut() = ::http::StatusCode::from_u16(response.status)
-            .unwrap_or(::http::StatusCode::INTERNAL_SERVER_ERROR);
-        *converted.headers_mut() = response.headers.to_header_map();
-        converted
+        http_response(
+            response.status,
+            &response.headers,
+            Bytes::from(response.body),
+        )
     }
+}
+
+fn http_response(status: u16, headers: &Headers, body: Bytes) -> ::http::Response<Bytes> {
+    let mut response = ::http::Response::new(body);
+    // The parser accepts three-digit status codes only, all of which `StatusCode` takes.
+    *response.status_mut() =
+        ::http::StatusCode::from_u16(status).unwrap_or(::http::StatusCode::INTERNAL_SERVER_ERROR);
+    *response.headers_mut() = headers.to_header_map();
+    response
 }
 
 impl Request {
