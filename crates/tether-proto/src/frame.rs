@@ -75,6 +75,10 @@ pub mod close_code {
     pub const MANDATORY_EXTENSION: u16 = 1010;
     /// Unexpected condition on the server (also used here for a keepalive timeout).
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// The server is restarting (a node being drained); reconnecting is expected.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// Try again later: the server is overloaded or cannot serve the request now.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// True if `code` may appear in a Close frame on the wire: 1000–1003, 1007–1014 and the

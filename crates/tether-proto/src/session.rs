@@ -352,6 +352,19 @@ impl fmt::Display for BufferFull {
 
 impl std::error::Error for BufferFull {}
 
+/// A session's state as a store keeps it: see [`Session::snapshot`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Messages this end sent in the session.
+    pub sent: u64,
+    /// Peer messages this end's application took.
+    pub delivered: u64,
+    /// Messages of this end the peer confirmed it took.
+    pub peer_delivered: u64,
+    /// Messages `peer_delivered + 1 ..= sent`, oldest first.
+    pub unacknowledged: Vec<(Kind, Bytes)>,
+}
+
 /// One end of a resumable session. See the [module documentation](self) for the call order.
 #[derive(Debug)]
 pub struct Session {
@@ -398,6 +411,48 @@ impl Session {
     /// The session's id.
     pub fn id(&self) -> SessionId {
         self.id
+    }
+
+    /// Gives the session its id. A client starts a session before the server named it (its
+    /// application may send before the first connection) and takes the id from the first
+    /// [`Control::Welcome`].
+    pub fn set_id(&mut self, id: SessionId) {
+        self.id = id;
+    }
+
+    /// What must be kept for the session to be resumed elsewhere (by another process, from
+    /// a store): its counts and the messages not yet acknowledged. Messages received and not
+    /// yet taken are left out: the peer sends them again.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            sent: self.sent,
+            delivered: self.delivered,
+            peer_delivered: self.peer_delivered,
+            unacknowledged: self.unacked.iter().cloned().collect(),
+        }
+    }
+
+    /// A session, disconnected, in the state a [`snapshot`](Self::snapshot) recorded. Fails
+    /// when the snapshot does not add up (more messages kept than sent).
+    pub fn restore(
+        id: SessionId,
+        config: SessionConfig,
+        snapshot: Snapshot,
+    ) -> Result<Self, SessionError> {
+        let kept = snapshot.unacknowledged.len() as u64;
+        if snapshot.peer_delivered.checked_add(kept) != Some(snapshot.sent) {
+            return Err(SessionError::Malformed(
+                "snapshot: unacknowledged messages do not match the counts",
+            ));
+        }
+        let mut session = Self::new(id, config);
+        session.sent = snapshot.sent;
+        session.delivered = snapshot.delivered;
+        session.ack_told = snapshot.delivered;
+        session.peer_delivered = snapshot.peer_delivered;
+        session.unacked_bytes = snapshot.unacknowledged.iter().map(|(_, p)| p.len()).sum();
+        session.unacked = snapshot.unacknowledged.into();
+        Ok(session)
     }
 
     /// The configuration in force.
@@ -518,6 +573,11 @@ impl Session {
     /// True when [`poll_message`](Self::poll_message) has a message.
     pub fn has_message(&self) -> bool {
         !self.inbox.is_empty()
+    }
+
+    /// True when [`poll_transmit`](Self::poll_transmit) has a message.
+    pub fn has_transmit(&self) -> bool {
+        !self.transmit.is_empty()
     }
 
     /// The next WebSocket message to write to the connection.

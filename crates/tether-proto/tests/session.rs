@@ -448,3 +448,55 @@ fn control_messages_round_trip() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_session_restored_from_its_snapshot_resumes_where_the_original_stopped() {
+    let mut pair = Pair::new(&SessionConfig::default());
+    for _ in 0..6 {
+        pair.client.send();
+        pair.server.send();
+    }
+    pair.pump(4);
+    pair.server.take(3, pair.now);
+    pair.client.take(2, pair.now);
+    pair.cut();
+    // The server process goes away; another one resumes from what a store kept.
+    let snapshot = pair.server.session.snapshot();
+    assert_eq!(snapshot.sent, 6);
+    assert_eq!(snapshot.delivered, 3);
+    assert_eq!(
+        snapshot.peer_delivered + snapshot.unacknowledged.len() as u64,
+        6
+    );
+    let id = pair.server.session.id();
+    let config = pair.server.session.config().clone();
+    pair.server.session = Session::restore(id, config.clone(), snapshot.clone()).unwrap();
+    assert_eq!(pair.server.session.delivered(), 3);
+    pair.settle();
+    assert_eq!(pair.server.taken, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(pair.client.taken, [1, 2, 3, 4, 5, 6]);
+
+    // A snapshot whose counts do not add up is refused, not trusted.
+    let mut broken = snapshot;
+    broken.sent += 1;
+    assert!(matches!(
+        Session::restore(id, config, broken),
+        Err(SessionError::Malformed(_))
+    ));
+}
+
+#[test]
+fn a_client_names_its_session_when_the_server_does() {
+    let mut client = Session::new(SessionId::from_bytes([0; 16]), SessionConfig::default());
+    client
+        .send(Kind::Text, Bytes::from_static(b"early"))
+        .unwrap();
+    let id = SessionId::random();
+    client.set_id(id);
+    assert_eq!(client.id(), id);
+    assert_eq!(client.link_up(0), Ok(1), "the early message goes out first");
+    assert_eq!(
+        client.poll_transmit(),
+        Some((OpCode::Text, Bytes::from_static(b"early")))
+    );
+}

@@ -230,6 +230,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Offers `name` before any other subprotocol (once).
+    pub(crate) fn offer_first(mut self, name: &str) -> Self {
+        self.subprotocols.retain(|p| p != name);
+        self.subprotocols.insert(0, name.to_owned());
+        self
+    }
+
     /// Sets the `Origin` header. Default: none.
     pub fn origin(mut self, origin: impl Into<String>) -> Self {
         self.origin = Some(origin.into());

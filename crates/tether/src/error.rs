@@ -121,6 +121,8 @@ pub enum ErrorKind {
     InvalidUri,
     /// [`Error::ConnectionClosed`].
     Closed,
+    /// [`Error::SessionLost`], [`Error::SessionsNotOffered`], [`Error::Session`].
+    Session,
     /// [`Error::Other`] (and anything else).
     Other,
 }
@@ -128,7 +130,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// The kind's name as used in the CLI's JSON events: `io`, `timeout`, `eof`, `status`,
     /// `invalid_response`, `redirect`, `tls`, `proxy`, `protocol`, `invalid_uri`, `closed`,
-    /// `other`.
+    /// `session`, `other`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Io => "io",
@@ -142,6 +144,7 @@ impl ErrorKind {
             Self::Protocol => "protocol",
             Self::InvalidUri => "invalid_uri",
             Self::Closed => "closed",
+            Self::Session => "session",
             Self::Other => "other",
         }
     }
@@ -191,6 +194,14 @@ pub enum Error {
         /// The last attempt's error.
         last: Box<Self>,
     },
+    /// The server could not resume the session (see [`crate::session`]): why, and the
+    /// messages sent that it never acknowledged.
+    SessionLost(Box<crate::session::SessionLost>),
+    /// A resumable session was asked for, and the server did not select the resume
+    /// protocol's subprotocol.
+    SessionsNotOffered,
+    /// The peer broke the resume protocol (the connection was closed with 1002).
+    Session(tether_proto::session::SessionError),
     /// An error raised by user code (for example a reconnect hook).
     Other(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -243,6 +254,9 @@ impl Error {
             Self::InvalidUri(_) => ErrorKind::InvalidUri,
             Self::ConnectionClosed => ErrorKind::Closed,
             Self::AttemptsExhausted { last, .. } => last.kind(),
+            Self::SessionLost(_) | Self::SessionsNotOffered | Self::Session(_) => {
+                ErrorKind::Session
+            }
             Self::Other(_) => ErrorKind::Other,
         }
     }
@@ -273,6 +287,11 @@ impl fmt::Display for Error {
             Self::AttemptsExhausted { attempts, last } => {
                 write!(f, "gave up after {attempts} failed attempts: {last}")
             }
+            Self::SessionLost(lost) => lost.fmt(f),
+            Self::SessionsNotOffered => f.write_str(
+                "the server does not offer resumable sessions (subprotocol tether.resume.1)",
+            ),
+            Self::Session(e) => write!(f, "resume protocol error: {e}"),
             Self::Other(e) => e.fmt(f),
         }
     }
@@ -285,6 +304,8 @@ impl std::error::Error for Error {
             Self::Proxy(e) => Some(e),
             Self::Protocol(e) => Some(e),
             Self::AttemptsExhausted { last, .. } => Some(last.as_ref()),
+            Self::SessionLost(e) => Some(e.as_ref()),
+            Self::Session(e) => Some(e),
             Self::Other(e) => Some(e.as_ref()),
             _ => None,
         }

@@ -14,6 +14,7 @@ mod config;
 mod error;
 pub mod reconnect;
 mod server;
+pub mod session;
 mod stream;
 pub mod tls;
 #[cfg(feature = "hyper")]

@@ -511,6 +511,12 @@ impl ClientBuilder {
 }
 
 impl Reconnect {
+    /// Changes the client settings every attempt starts from.
+    pub(crate) fn map_builder(mut self, f: impl FnOnce(ClientBuilder) -> ClientBuilder) -> Self {
+        self.builder = f(self.builder);
+        self
+    }
+
     /// Replaces the policy.
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = policy;

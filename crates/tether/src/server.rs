@@ -180,6 +180,13 @@ impl ServerConfig {
         self
     }
 
+    /// Offers `name` before any other subprotocol (once).
+    pub(crate) fn offer_first(mut self, name: &str) -> Self {
+        self.subprotocols.retain(|p| p != name);
+        self.subprotocols.insert(0, name.to_owned());
+        self
+    }
+
     /// Serve TLS (`wss://`) with this rustls configuration (see
     /// [`tls::server_config_from_pem`](crate::tls::server_config_from_pem)).
     pub fn tls(mut self, tls: Arc<rustls::ServerConfig>) -> Self {

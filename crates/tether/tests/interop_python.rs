@@ -885,3 +885,39 @@ async fn python_client_negotiates_deflate_with_tether_server_and_round_trips() {
     assert_compressed_on_wire(relay.upstream_bytes(), &messages, "Python to tether");
     assert_compressed_on_wire(relay.downstream_bytes(), &messages, "tether to Python");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A resumable session against Python's plain server
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumable_client_against_python_fails_clearly_or_falls_back_as_configured() {
+    let (_py, port) = python_server().await;
+    let url = format!("ws://127.0.0.1:{port}/echo");
+    // Default: a clear error, and nothing else.
+    let mut session = ClientBuilder::new(&url).session().start();
+    match within("the session's first answer", session.recv()).await {
+        Some(Err(tether::Error::SessionsNotOffered)) => {}
+        other => panic!("expected SessionsNotOffered, got {other:?}"),
+    }
+    assert!(within("the end", session.recv()).await.is_none());
+    assert!(session.send("late").await.is_err());
+    // Configured to fall back: a plain reconnecting client, without the guarantees.
+    let mut session = ClientBuilder::new(&url)
+        .session()
+        .fallback_to_plain(true)
+        .start();
+    for i in 0..5 {
+        session.send(format!("plain {i}")).await.unwrap();
+    }
+    for i in 0..5 {
+        match within("the echo", session.recv()).await {
+            Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), format!("plain {i}")),
+            other => panic!("expected the echo, got {other:?}"),
+        }
+    }
+    // Plain messages on the wire: the echoes above are byte-for-byte what was sent, no
+    // resume-protocol framing.
+    assert!(!session.is_resumable());
+    within("closing", session.close()).await.unwrap();
+}

@@ -1,0 +1,1687 @@
+//! Resumable sessions: conversations that outlive their connections.
+//!
+//! A [`SessionHandle`] sends and receives like a WebSocket, but across any number of
+//! reconnects nothing is lost, repeated or reordered, in either direction: every message is
+//! kept until the peer's application took it and sent again after a resume if it was not
+//! (the resume protocol, `docs/resume-protocol.md`, implemented by
+//! [`tether_proto::session`]).
+//!
+//! * **Client:** [`ClientBuilder::session`](crate::ClientBuilder::session) (or
+//!   [`Reconnect::session`](crate::Reconnect::session) for a custom reconnect policy) makes a
+//!   [`SessionBuilder`]; [`start`](SessionBuilder::start) returns the handle at once and
+//!   connects in the background. The reconnect policy decides when and whether to reconnect;
+//!   a fatal error ends the session with that error.
+//! * **Server:** a [`SessionServer`] runs a handler once per session (not per connection),
+//!   with the same kind of handle, which stays alive while its client is away (default
+//!   2 minutes). Hand it each accepted connection with [`SessionServer::serve`].
+//!
+//! Both ends report their lifecycle as [`SessionEvent`]s (and to `tracing`): connected,
+//! resumed (with how many messages this end sent again), disconnected, lost, ended. When a
+//! session cannot be resumed (unknown, expired, overflowed, superseded), the client is told
+//! with [`Error::SessionLost`], together with the messages it sent that were never
+//! acknowledged, and never goes on as if nothing was missed.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tether_proto::close_code;
+use tether_proto::session::{Control, Kind, Session, SessionError};
+pub use tether_proto::session::{SessionConfig, SessionId, Snapshot, SUBPROTOCOL};
+use tether_proto::OpCode;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+
+use crate::error::{Error, Result};
+use crate::reconnect::{Reconnect, Reconnecting};
+use crate::websocket::{Message, WebSocket, WsReceiver, WsSender};
+use crate::ClientBuilder;
+
+/// The close code a server uses on a connection whose session another connection took over.
+/// A client that receives it reports the session lost ([`LostReason::Superseded`]).
+pub const SUPERSEDED: u16 = 4000;
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+type OnEvent = dyn Fn(&SessionEvent<'_>) + Send + Sync;
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+// ----- what the application sees -----
+
+/// Why a session could not be resumed (the `reason` of the resume protocol's WELCOME).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// The server has no such session: it never existed, ended, or the server lost it (a
+    /// restart without a shared store).
+    Unknown,
+    /// The client was away longer than the server keeps sessions.
+    Expired,
+    /// The server's buffer for the away client was full.
+    Overflow,
+    /// Another connection took the session over.
+    Superseded,
+    /// A reason this version does not know, as the server gave it.
+    Other(String),
+}
+
+impl LostReason {
+    /// The reason as it goes on the wire and in the CLI's `session_lost` event.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Expired => "expired",
+            Self::Overflow => "overflow",
+            Self::Superseded => "superseded",
+            Self::Other(s) => s,
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "unknown" | "" => Self::Unknown,
+            "expired" => Self::Expired,
+            "overflow" => Self::Overflow,
+            "superseded" => Self::Superseded,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for LostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A session that could not be resumed: why, and what this end sent that the peer never
+/// confirmed it took (it may or may not have arrived: the application decides whether to
+/// send it again).
+#[derive(Clone, Debug)]
+pub struct SessionLost {
+    /// Why the server could not resume the session.
+    pub reason: LostReason,
+    /// The session that was lost.
+    pub id: SessionId,
+    /// Messages sent and never acknowledged, oldest first.
+    pub unacknowledged: Vec<Message>,
+}
+
+impl fmt::Display for SessionLost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "session {} lost ({}); {} messages sent were not acknowledged",
+            self.id,
+            self.reason,
+            self.unacknowledged.len()
+        )
+    }
+}
+
+impl std::error::Error for SessionLost {}
+
+/// How a session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// This end closed it ([`SessionHandle::close`], or the handle was dropped).
+    Closed,
+    /// The peer closed it with 1000 (normal closure).
+    ClosedByPeer,
+    /// The client stayed away longer than the session's time to live (server).
+    Expired,
+    /// A send to an away client found the buffer full, and the server was configured to end
+    /// such sessions ([`Overflow::End`]).
+    Overflow,
+    /// The server could not resume it (client): see [`Error::SessionLost`].
+    Lost(LostReason),
+    /// An error: a fatal connection error, a peer that broke the protocol, a server without
+    /// sessions.
+    Failed(String),
+}
+
+/// The lifecycle of a session, for an `on_event` callback. Every event also goes to
+/// `tracing` (connected and resumed at INFO, disconnected and lost at WARN).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SessionEvent<'a> {
+    /// A new session is carried by its first connection.
+    Connected {
+        /// The session.
+        id: SessionId,
+        /// Messages the application sent before this first connection, now sent.
+        replayed: u64,
+    },
+    /// A connection resumed the session.
+    Resumed {
+        /// The session.
+        id: SessionId,
+        /// Messages this end sent again (not acknowledged before the break).
+        replayed: u64,
+    },
+    /// The connection carrying the session broke; the session stays resumable.
+    Disconnected {
+        /// The session.
+        id: SessionId,
+        /// What happened to the connection.
+        reason: &'a str,
+    },
+    /// The server could not resume the session (client only).
+    Lost(&'a SessionLost),
+    /// The session is over; nothing more is sent or received.
+    Ended {
+        /// The session.
+        id: SessionId,
+        /// Why.
+        reason: &'a EndReason,
+    },
+}
+
+/// What a client does when the server cannot resume its session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnLost {
+    /// End the session: `recv` returns [`Error::SessionLost`], then `None`. The default.
+    #[default]
+    Fail,
+    /// Report [`Error::SessionLost`] from `recv` once, then go on in the new session the
+    /// server started (both directions numbered from the start again).
+    NewSession,
+}
+
+/// What a server does when its handler sends to a session whose client is away and whose
+/// replay buffer is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Overflow {
+    /// `send` waits until the client is back and acknowledges (backpressure). The default.
+    #[default]
+    Wait,
+    /// End the session (the client is told `overflow` when it comes back) and fail the send.
+    /// For servers that must not wait for one client, such as a broadcast.
+    End,
+}
+
+// ----- shared state of one session -----
+
+/// Which end of the session this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Client,
+    Server,
+}
+
+struct State {
+    /// False for a plain WebSocket peer (no resume protocol): messages go as they are and
+    /// the session ends with its one connection (server), or the guarantees are off
+    /// (client, when configured to fall back).
+    resume: bool,
+    session: Session,
+    plain_in: VecDeque<Message>,
+    plain_out: VecDeque<Message>,
+    /// The generation of the connection carrying the session (0: none).
+    link: u64,
+    links: u64,
+    /// Set when a link goes down, to tell a later expiry timer whether it is still current.
+    away_epoch: u64,
+    /// The application asked to close with this code and reason.
+    closing: Option<(u16, String)>,
+    ended: Option<EndReason>,
+    /// Errors for `recv`, before further messages (a lost session, the final error).
+    errors: VecDeque<Error>,
+}
+
+struct Shared {
+    side: Side,
+    state: Mutex<State>,
+    /// Something to write, a close was asked for, or the link was superseded.
+    to_link: Notify,
+    /// A message arrived for the application, or the session ended.
+    to_recv: Notify,
+    /// The replay buffer made room, everything was acknowledged, or the session ended.
+    to_send: Notify,
+    on_event: Option<Arc<OnEvent>>,
+    /// The server's registry, to forget the session when it ends.
+    registry: Option<Weak<Registry>>,
+    overflow: Overflow,
+}
+
+impl Shared {
+    fn new(
+        side: Side,
+        resume: bool,
+        session: Session,
+        on_event: Option<Arc<OnEvent>>,
+        registry: Option<Weak<Registry>>,
+        overflow: Overflow,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            side,
+            state: Mutex::new(State {
+                resume,
+                session,
+                plain_in: VecDeque::new(),
+                plain_out: VecDeque::new(),
+                link: 0,
+                links: 0,
+                away_epoch: 0,
+                closing: None,
+                ended: None,
+                errors: VecDeque::new(),
+            }),
+            to_link: Notify::new(),
+            to_recv: Notify::new(),
+            to_send: Notify::new(),
+            on_event,
+            registry,
+            overflow,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves counts that still add up (every update is a
+        // single step), so the state stays usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn emit(&self, event: &SessionEvent<'_>) {
+        let side = match self.side {
+            Side::Client => "client",
+            Side::Server => "server",
+        };
+        match event {
+            SessionEvent::Connected { id, replayed } => {
+                tracing::info!(side, %id, replayed, "session connected")
+            }
+            SessionEvent::Resumed { id, replayed } => {
+                tracing::info!(side, %id, replayed, "session resumed")
+            }
+            SessionEvent::Disconnected { id, reason } => {
+                tracing::warn!(side, %id, reason, "session disconnected; resumable")
+            }
+            SessionEvent::Lost(lost) => {
+                tracing::warn!(side, id = %lost.id, reason = %lost.reason,
+                    unacknowledged = lost.unacknowledged.len(), "session lost")
+            }
+            SessionEvent::Ended { id, reason } => {
+                tracing::info!(side, %id, reason = ?reason, "session ended")
+            }
+        }
+        if let Some(cb) = &self.on_event {
+            cb(event);
+        }
+    }
+
+    /// Ends the session (once): wakes everyone waiting and tells the registry.
+    fn end(&self, st: &mut State, reason: EndReason, error: Option<Error>) {
+        if st.ended.is_some() {
+            return;
+        }
+        if let Some(e) = error {
+            st.errors.push_back(e);
+        }
+        let id = st.session.id();
+        st.session.link_down();
+        st.link = 0;
+        st.ended = Some(reason.clone());
+        self.to_link.notify_waiters();
+        self.to_recv.notify_waiters();
+        self.to_send.notify_waiters();
+        self.emit(&SessionEvent::Ended {
+            id,
+            reason: &reason,
+        });
+        if let Some(registry) = self.registry.as_ref().and_then(Weak::upgrade) {
+            registry.forget(id, &reason);
+        }
+    }
+}
+
+/// One end of a resumable session: send and receive across reconnects. Made by
+/// [`SessionBuilder::start`] (client) or handed to a [`SessionServer`]'s handler.
+///
+/// Dropping the handle closes the session (as [`close`](Self::close) without waiting for
+/// acknowledgements).
+pub struct SessionHandle {
+    shared: Arc<Shared>,
+}
+
+/// A sending half of a [`SessionHandle`], for another task; cheap to clone.
+#[derive(Clone)]
+pub struct SessionSender {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionHandle")
+            .field("id", &self.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for SessionSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionSender").finish_non_exhaustive()
+    }
+}
+
+enum SendStep {
+    Sent,
+    /// Sent to an away client: keep the session's state where the session is kept.
+    Away(Arc<Registry>, SessionId, Snapshot),
+    Full,
+    Closed,
+}
+
+async fn send_on(shared: &Shared, msg: Message) -> Result<()> {
+    let (kind, payload) = match &msg {
+        Message::Text(t) => (Kind::Text, t.clone().into_bytes()),
+        Message::Binary(b) => (Kind::Binary, b.clone()),
+    };
+    let mut msg = Some(msg);
+    loop {
+        let notified = shared.to_send.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let step = {
+            let mut st = shared.lock();
+            try_send(shared, &mut st, kind, &payload, &mut msg)
+        };
+        match step {
+            SendStep::Sent => return Ok(()),
+            SendStep::Away(registry, id, snapshot) => {
+                let ttl = registry.config.ttl;
+                if let Err(e) = registry.store.save(id, snapshot, ttl).await {
+                    tracing::warn!(%id, error = %e, "session store: saving failed");
+                }
+                return Ok(());
+            }
+            SendStep::Closed => return Err(Error::ConnectionClosed),
+            SendStep::Full => notified.await,
+        }
+    }
+}
+
+fn try_send(
+    shared: &Shared,
+    st: &mut State,
+    kind: Kind,
+    payload: &tether_proto::Bytes,
+    msg: &mut Option<Message>,
+) -> SendStep {
+    if st.ended.is_some() || st.closing.is_some() {
+        return SendStep::Closed;
+    }
+    if !st.resume {
+        if st.plain_out.len() >= st.session.config().max_buffered_messages {
+            return SendStep::Full;
+        }
+        st.plain_out.extend(msg.take());
+        shared.to_link.notify_waiters();
+        return SendStep::Sent;
+    }
+    let away = !st.session.is_up();
+    match st.session.send(kind, payload.clone()) {
+        Ok(_) if !away => {
+            shared.to_link.notify_waiters();
+            SendStep::Sent
+        }
+        Ok(_) => match shared.registry.as_ref().and_then(Weak::upgrade) {
+            Some(registry) => SendStep::Away(registry, st.session.id(), st.session.snapshot()),
+            None => SendStep::Sent,
+        },
+        Err(_full) if away && shared.overflow == Overflow::End => {
+            shared.end(st, EndReason::Overflow, None);
+            SendStep::Closed
+        }
+        Err(_full) => SendStep::Full,
+    }
+}
+
+impl SessionSender {
+    /// As [`SessionHandle::send`].
+    pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
+        send_on(&self.shared, msg.into()).await
+    }
+}
+
+impl SessionHandle {
+    /// The session's id (on a client, all zeros until the server named it).
+    pub fn id(&self) -> SessionId {
+        self.shared.lock().session.id()
+    }
+
+    /// False for a plain WebSocket peer (a server's handler serving a client without the
+    /// resume protocol, or a client that fell back to plain reconnects).
+    pub fn is_resumable(&self) -> bool {
+        self.shared.lock().resume
+    }
+
+    /// True while a connection carries the session.
+    pub fn is_connected(&self) -> bool {
+        self.shared.lock().link != 0
+    }
+
+    /// Messages sent and not yet acknowledged by the peer's application, and their bytes.
+    pub fn unacknowledged(&self) -> (usize, usize) {
+        let st = self.shared.lock();
+        if st.resume {
+            st.session.buffered()
+        } else {
+            (
+                st.plain_out.len(),
+                st.plain_out.iter().map(Message::len).sum(),
+            )
+        }
+    }
+
+    /// A sending half for another task.
+    pub fn sender(&self) -> SessionSender {
+        SessionSender {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Sends a message. It is numbered and kept until the peer's application takes it; while
+    /// disconnected it waits in the replay buffer. When the buffer is full, waits for
+    /// acknowledgements (backpressure; nothing is dropped). Fails once the session ended.
+    ///
+    /// **Cancel safety:** a send cancelled while waiting for room sent nothing.
+    pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
+        send_on(&self.shared, msg.into()).await
+    }
+
+    /// The next message of the peer, in order and exactly once across reconnects. `None`
+    /// once the session ended; before that, errors: [`Error::SessionLost`] (after which,
+    /// with [`OnLost::NewSession`], messages of the new session follow), or the error that
+    /// ended the session. Taking a message acknowledges it (coalesced).
+    ///
+    /// **Cancel safety:** cancel-safe.
+    pub async fn recv(&mut self) -> Option<Result<Message>> {
+        let shared = &*self.shared;
+        loop {
+            let notified = shared.to_recv.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = shared.lock();
+                if let Some(e) = st.errors.pop_front() {
+                    return Some(Err(e));
+                }
+                if st.resume {
+                    let timer_before = st.session.poll_timeout();
+                    if let Some((kind, payload)) = st.session.poll_message(now()) {
+                        if st.session.has_transmit()
+                            || (timer_before.is_none() && st.session.poll_timeout().is_some())
+                        {
+                            shared.to_link.notify_waiters();
+                        }
+                        return Some(Ok(to_message(kind, payload)));
+                    }
+                } else if let Some(msg) = st.plain_in.pop_front() {
+                    return Some(Ok(msg));
+                }
+                if st.ended.is_some() {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Ends the session gracefully: waits until the peer acknowledged every message sent
+    /// (across reconnects, if need be), then closes the connection with 1000, which ends the
+    /// session on both ends. Bound the wait with `tokio::time::timeout` if the peer may
+    /// never come back.
+    pub async fn close(&mut self) -> Result<()> {
+        let shared = &*self.shared;
+        loop {
+            let notified = shared.to_send.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = shared.lock();
+                if st.ended.is_some() {
+                    return Ok(());
+                }
+                let pending = if st.resume {
+                    st.session.buffered().0
+                } else {
+                    st.plain_out.len()
+                };
+                if pending == 0 {
+                    request_close(shared, &mut st);
+                    break;
+                }
+            }
+            notified.await;
+        }
+        // Wait for the close to finish.
+        loop {
+            let notified = shared.to_send.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if shared.lock().ended.is_some() {
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+
+    /// How the session ended, once it did.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        self.shared.lock().ended.clone()
+    }
+}
+
+/// Asks the link to close with 1000; with no link up, ends the session here.
+fn request_close(shared: &Shared, st: &mut State) {
+    if st.closing.is_none() {
+        st.closing = Some((close_code::NORMAL, String::new()));
+    }
+    if st.link == 0 {
+        shared.end(st, EndReason::Closed, None);
+    } else {
+        shared.to_link.notify_waiters();
+    }
+}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        if st.ended.is_none() {
+            request_close(&self.shared, &mut st);
+        }
+    }
+}
+
+fn to_message(kind: Kind, payload: tether_proto::Bytes) -> Message {
+    match kind {
+        Kind::Binary => Message::Binary(payload),
+        // The session only holds text that arrived in text frames, which the connection
+        // validated, or that the application sent as text.
+        Kind::Text => match tether_proto::Utf8Bytes::try_from(payload) {
+            Ok(t) => Message::Text(t),
+            Err(_) => unreachable!("text validated on arrival"),
+        },
+    }
+}
+
+fn wire_message(op: OpCode, payload: tether_proto::Bytes) -> Message {
+    match op {
+        OpCode::Text => to_message(Kind::Text, payload),
+        _ => Message::Binary(payload),
+    }
+}
+
+// ----- one connection carrying the session -----
+
+/// How a link ended.
+enum LinkEnd {
+    /// The connection closed: the peer's close code (1006 without a closing handshake) and
+    /// whether this end had asked to close.
+    Closed { code: u16, asked: bool },
+    /// A transport error, a keepalive timeout, a protocol violation.
+    Failed(Error),
+    /// The peer broke the resume protocol: closed with 1002.
+    Protocol(SessionError),
+    /// Another connection took the session over.
+    Superseded,
+}
+
+impl LinkEnd {
+    fn describe(&self) -> String {
+        match self {
+            Self::Closed { code, .. } => format!("closed with {code}"),
+            Self::Failed(e) => e.to_string(),
+            Self::Protocol(e) => e.to_string(),
+            Self::Superseded => "superseded by another connection".to_owned(),
+        }
+    }
+}
+
+/// Carries the session over one connection until it ends: writes what the session queues,
+/// feeds it what arrives, runs its acknowledgement timer.
+async fn run_link<S>(shared: &Shared, ws: WebSocket<S>, gen: u64) -> LinkEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut tx, mut rx) = ws.split();
+    let end = {
+        let write = write_loop(shared, &mut tx, gen);
+        let read = read_loop(shared, &mut rx, gen);
+        tokio::pin!(write, read);
+        tokio::select! {
+            end = &mut write => end,
+            end = &mut read => end,
+        }
+    };
+    // Finish the connection as its ending requires; bounded by the connection's close
+    // timeout, since the reader completes the closing handshake.
+    let (code, reason) = match &end {
+        LinkEnd::Superseded => (SUPERSEDED, "superseded"),
+        LinkEnd::Protocol(_) => (close_code::PROTOCOL_ERROR, "resume protocol error"),
+        LinkEnd::Closed { .. } | LinkEnd::Failed(_) => return end,
+    };
+    let _ = tx.close(code, reason).await;
+    while let Some(Ok(_)) = rx.recv().await {}
+    end
+}
+
+async fn write_loop<S>(shared: &Shared, tx: &mut WsSender<S>, gen: u64) -> LinkEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut batch = Vec::new();
+    let mut closed = false;
+    loop {
+        let notified = shared.to_link.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let (deadline, close) = {
+            let mut st = shared.lock();
+            if st.link != gen {
+                return if st.ended.is_some() {
+                    LinkEnd::Closed {
+                        code: close_code::NORMAL,
+                        asked: true,
+                    }
+                } else {
+                    LinkEnd::Superseded
+                };
+            }
+            if st.resume {
+                while let Some((op, payload)) = st.session.poll_transmit() {
+                    batch.push(wire_message(op, payload));
+                }
+            } else {
+                batch.extend(st.plain_out.drain(..));
+            }
+            let deadline = st.session.poll_timeout();
+            (deadline, if closed { None } else { st.closing.clone() })
+        };
+        if closed {
+            // Our Close went out: nothing more may be written (acknowledgements taken
+            // meanwhile are moot, the session is ending).
+            batch.clear();
+        }
+        let wrote = !batch.is_empty();
+        for msg in batch.drain(..) {
+            if let Err(e) = tx.feed(msg).await {
+                return LinkEnd::Failed(e);
+            }
+        }
+        if wrote {
+            if let Err(e) = tx.flush().await {
+                return LinkEnd::Failed(e);
+            }
+        }
+        if let Some((code, reason)) = close {
+            // The reader finishes the closing handshake and ends the link.
+            closed = true;
+            if let Err(e) = tx.close(code, &reason).await {
+                return LinkEnd::Failed(e);
+            }
+        }
+        match deadline {
+            Some(at) => {
+                let at = tokio::time::Instant::from_std(at);
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep_until(at) => {
+                        let mut st = shared.lock();
+                        if st.link == gen {
+                            st.session.handle_timeout(now());
+                        }
+                    }
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
+
+async fn read_loop<S>(shared: &Shared, rx: &mut WsReceiver<S>, gen: u64) -> LinkEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let msg = match rx.recv().await {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => return LinkEnd::Failed(e),
+            None => {
+                let asked = shared.lock().closing.is_some();
+                return LinkEnd::Closed {
+                    code: rx.close_code(),
+                    asked,
+                };
+            }
+        };
+        let mut st = shared.lock();
+        if st.link != gen {
+            // Superseded: what still arrives here belongs to no one (the new connection
+            // resumes right after what the application took).
+            continue;
+        }
+        if !st.resume {
+            st.plain_in.push_back(msg);
+            shared.to_recv.notify_waiters();
+            continue;
+        }
+        let (op, payload) = match msg {
+            Message::Text(t) => (OpCode::Text, t.into_bytes()),
+            Message::Binary(b) => (OpCode::Binary, b),
+        };
+        let buffered = st.session.buffered().0;
+        let had_message = st.session.has_message();
+        if let Err(e) = st.session.receive(op, payload) {
+            return LinkEnd::Protocol(e);
+        }
+        if st.session.buffered().0 < buffered {
+            shared.to_send.notify_waiters();
+        }
+        if !had_message && st.session.has_message() {
+            shared.to_recv.notify_waiters();
+        }
+    }
+}
+
+/// Reads the first message of a connection, which must be a resume-protocol control
+/// message.
+async fn read_control<S>(ws: &mut WebSocket<S>, within: Duration) -> Result<Control, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(within, ws.recv()).await {
+        Err(_) => Err("no resume handshake in time".to_owned()),
+        Ok(None) => Err(format!(
+            "closed with {} during the resume handshake",
+            ws.close_code()
+        )),
+        Ok(Some(Err(e))) => Err(e.to_string()),
+        Ok(Some(Ok(Message::Binary(b)))) => Control::decode(&b).map_err(|e| e.to_string()),
+        Ok(Some(Ok(Message::Text(_)))) => Err("text before the resume handshake".to_owned()),
+    }
+}
+
+// ----- the client -----
+
+/// Settings of a client session. Made by [`ClientBuilder::session`] or
+/// [`Reconnect::session`]; [`start`](Self::start) begins it.
+pub struct SessionBuilder {
+    reconnect: Reconnect,
+    config: SessionConfig,
+    on_lost: OnLost,
+    fallback: bool,
+    handshake_timeout: Duration,
+    on_event: Option<Arc<OnEvent>>,
+}
+
+impl fmt::Debug for SessionBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionBuilder")
+            .field("reconnect", &self.reconnect)
+            .field("config", &self.config)
+            .field("on_lost", &self.on_lost)
+            .field("fallback", &self.fallback)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// A resumable session over connections made with these settings and the default
+    /// reconnect policy. Offers the subprotocol [`SUBPROTOCOL`] before any other.
+    pub fn session(self) -> SessionBuilder {
+        self.reconnecting().session()
+    }
+}
+
+impl Reconnect {
+    /// A resumable session over this reconnect loop: its policy decides when and whether to
+    /// reconnect, and a fatal error ends the session.
+    pub fn session(self) -> SessionBuilder {
+        SessionBuilder {
+            reconnect: self.map_builder(|b| b.offer_first(SUBPROTOCOL)),
+            config: SessionConfig::default(),
+            on_lost: OnLost::default(),
+            fallback: false,
+            handshake_timeout: Duration::from_secs(10),
+            on_event: None,
+        }
+    }
+}
+
+impl SessionBuilder {
+    /// Replay buffer limits and acknowledgement timing. Default: [`SessionConfig::default`]
+    /// (4,096 messages, 1 MiB, an ack every 32 messages or 100 ms).
+    pub fn config(mut self, config: SessionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// What to do when the server cannot resume the session. Default: [`OnLost::Fail`].
+    pub fn on_lost(mut self, on_lost: OnLost) -> Self {
+        self.on_lost = on_lost;
+        self
+    }
+
+    /// Against a server that does not offer sessions, go on as a plain reconnecting client
+    /// (no guarantees: messages in flight at a break are lost) instead of failing. Default:
+    /// fail with [`Error::SessionsNotOffered`].
+    pub fn fallback_to_plain(mut self, fallback: bool) -> Self {
+        self.fallback = fallback;
+        self
+    }
+
+    /// Longest wait for the server's WELCOME after the WebSocket opened. Default: 10 s.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// A callback for every [`SessionEvent`].
+    pub fn on_event<F>(mut self, callback: F) -> Self
+    where
+        F: Fn(&SessionEvent<'_>) + Send + Sync + 'static,
+    {
+        self.on_event = Some(Arc::new(callback));
+        self
+    }
+
+    /// Starts the session in a background task (on the current tokio runtime) and returns
+    /// its handle at once: sends wait in the buffer until the first connection is up.
+    pub fn start(self) -> SessionHandle {
+        let session = Session::new(SessionId::from_bytes([0; 16]), self.config.clone());
+        let shared = Shared::new(
+            Side::Client,
+            true,
+            session,
+            self.on_event.clone(),
+            None,
+            Overflow::Wait,
+        );
+        let task = Arc::clone(&shared);
+        let connections = self.reconnect.clone().stream();
+        tokio::spawn(async move {
+            let options = ClientOptions {
+                config: self.config,
+                on_lost: self.on_lost,
+                fallback: self.fallback,
+                handshake_timeout: self.handshake_timeout,
+            };
+            run_client(task, connections, options).await;
+        });
+        SessionHandle { shared }
+    }
+}
+
+struct ClientOptions {
+    config: SessionConfig,
+    on_lost: OnLost,
+    fallback: bool,
+    handshake_timeout: Duration,
+}
+
+/// Waits until the application asks to close or drops its handle with no link up.
+async fn closing(shared: &Shared) {
+    loop {
+        let notified = shared.to_link.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let st = shared.lock();
+            if st.closing.is_some() || st.ended.is_some() {
+                return;
+            }
+        }
+        notified.await;
+    }
+}
+
+async fn run_client(shared: Arc<Shared>, mut connections: Reconnecting, options: ClientOptions) {
+    // The id the server gave, once it did.
+    let mut known: Option<SessionId> = None;
+    loop {
+        let next = tokio::select! {
+            next = connections.next() => next,
+            _ = closing(&shared) => {
+                let mut st = shared.lock();
+                shared.end(&mut st, EndReason::Closed, None);
+                return;
+            }
+        };
+        let mut ws = match next {
+            Some(Ok(ws)) => ws,
+            Some(Err(e)) => {
+                let mut st = shared.lock();
+                let reason = EndReason::Failed(e.to_string());
+                shared.end(&mut st, reason, Some(e));
+                return;
+            }
+            None => {
+                let mut st = shared.lock();
+                shared.end(
+                    &mut st,
+                    EndReason::Failed("no more connections".into()),
+                    None,
+                );
+                return;
+            }
+        };
+        if ws.subprotocol() != Some(SUBPROTOCOL) {
+            if !options.fallback {
+                let _ = ws.close(close_code::NORMAL, "").await;
+                let mut st = shared.lock();
+                let e = Error::SessionsNotOffered;
+                shared.end(&mut st, EndReason::Failed(e.to_string()), Some(e));
+                return;
+            }
+            let gen = {
+                let mut st = shared.lock();
+                if st.resume {
+                    // Everything waiting goes out as plain messages from now on.
+                    let waiting: Vec<Message> = st
+                        .session
+                        .unacknowledged()
+                        .map(|(_, k, p)| to_message(k, p.clone()))
+                        .collect();
+                    st.plain_out.extend(waiting);
+                    st.session = Session::new(st.session.id(), options.config.clone());
+                    st.resume = false;
+                }
+                st.links += 1;
+                st.link = st.links;
+                st.link
+            };
+            let end = run_link(&shared, ws, gen).await;
+            if finish_link(&shared, gen, &end) {
+                return;
+            }
+            continue;
+        }
+
+        // The resume handshake.
+        let delivered = shared.lock().session.delivered();
+        let hello = Control::Hello {
+            id: known,
+            delivered,
+        };
+        if ws.send(Message::Binary(hello.encode())).await.is_err() {
+            continue;
+        }
+        let welcome = match read_control(&mut ws, options.handshake_timeout).await {
+            Ok(Control::Welcome {
+                id,
+                resumed,
+                delivered,
+                reason,
+            }) => (id, resumed, delivered, reason),
+            Ok(_) => {
+                fail_protocol(&shared, &mut ws, SessionError::UnexpectedHandshake).await;
+                return;
+            }
+            Err(why) => {
+                tracing::debug!(why, "resume handshake did not complete; reconnecting");
+                continue;
+            }
+        };
+        let (id, resumed, peer_delivered, reason) = welcome;
+        let step = {
+            let mut st = shared.lock();
+            client_link_up(
+                &shared,
+                &mut st,
+                known,
+                id,
+                resumed,
+                peer_delivered,
+                &reason,
+                &options,
+            )
+        };
+        let (gen, lost) = match step {
+            ClientStep::Ended => {
+                let _ = ws.close(close_code::NORMAL, "").await;
+                return;
+            }
+            ClientStep::Protocol(e) => {
+                fail_protocol(&shared, &mut ws, e).await;
+                return;
+            }
+            ClientStep::Up { gen, lost } => (gen, lost),
+        };
+        if let Some(lost) = lost {
+            if options.on_lost == OnLost::Fail {
+                let _ = ws.close(close_code::NORMAL, "session lost").await;
+                let mut st = shared.lock();
+                shared.end(&mut st, EndReason::Lost(lost), None);
+                return;
+            }
+        }
+        known = Some(id);
+        let end = run_link(&shared, ws, gen).await;
+        if let LinkEnd::Closed {
+            code: SUPERSEDED,
+            asked: false,
+        } = end
+        {
+            let mut st = shared.lock();
+            let lost = SessionLost {
+                reason: LostReason::Superseded,
+                id,
+                unacknowledged: unacknowledged(&st),
+            };
+            shared.emit(&SessionEvent::Lost(&lost));
+            let reason = EndReason::Lost(LostReason::Superseded);
+            shared.end(&mut st, reason, Some(Error::SessionLost(Box::new(lost))));
+            return;
+        }
+        if finish_link(&shared, gen, &end) {
+            return;
+        }
+    }
+}
+
+enum ClientStep {
+    Ended,
+    Protocol(SessionError),
+    Up { gen: u64, lost: Option<LostReason> },
+}
+
+/// Applies the server's WELCOME: resumes, or reports the session lost and starts the new
+/// one the server named.
+#[allow(clippy::too_many_arguments)]
+fn client_link_up(
+    shared: &Shared,
+    st: &mut State,
+    known: Option<SessionId>,
+    id: SessionId,
+    resumed: bool,
+    peer_delivered: u64,
+    reason: &str,
+    options: &ClientOptions,
+) -> ClientStep {
+    if st.ended.is_some() {
+        return ClientStep::Ended;
+    }
+    let mut lost = None;
+    match known {
+        Some(asked) if !resumed || id != asked => {
+            let session_lost = SessionLost {
+                reason: LostReason::parse(reason),
+                id: asked,
+                unacknowledged: unacknowledged(st),
+            };
+            shared.emit(&SessionEvent::Lost(&session_lost));
+            lost = Some(session_lost.reason.clone());
+            st.errors
+                .push_back(Error::SessionLost(Box::new(session_lost)));
+            shared.to_recv.notify_waiters();
+            st.session = Session::new(id, options.config.clone());
+        }
+        Some(_) => {}
+        None => st.session.set_id(id),
+    }
+    let replayed = match st.session.link_up(peer_delivered) {
+        Ok(n) => n,
+        Err(e) => return ClientStep::Protocol(e),
+    };
+    st.links += 1;
+    st.link = st.links;
+    shared.to_send.notify_waiters();
+    if known.is_some() && lost.is_none() {
+        shared.emit(&SessionEvent::Resumed { id, replayed });
+    } else if lost.is_none() || options.on_lost == OnLost::NewSession {
+        shared.emit(&SessionEvent::Connected { id, replayed });
+    }
+    ClientStep::Up { gen: st.link, lost }
+}
+
+fn unacknowledged(st: &State) -> Vec<Message> {
+    st.session
+        .unacknowledged()
+        .map(|(_, k, p)| to_message(k, p.clone()))
+        .collect()
+}
+
+async fn fail_protocol(shared: &Shared, ws: &mut WebSocket, e: SessionError) {
+    let _ = ws
+        .close(close_code::PROTOCOL_ERROR, "resume protocol error")
+        .await;
+    let mut st = shared.lock();
+    let reason = EndReason::Failed(e.to_string());
+    shared.end(&mut st, reason, Some(Error::Session(e)));
+}
+
+/// After a link ended: ends the session if the ending was graceful (or a protocol error),
+/// else takes the link down and reports the disconnection. True when the session ended.
+fn finish_link(shared: &Shared, gen: u64, end: &LinkEnd) -> bool {
+    let mut st = shared.lock();
+    if st.ended.is_some() {
+        return true;
+    }
+    if st.link != gen {
+        // Superseded (server): the new connection carries on.
+        return false;
+    }
+    let graceful = match end {
+        LinkEnd::Closed { code, asked } => *asked || *code == close_code::NORMAL,
+        _ => false,
+    };
+    if graceful || !st.resume && shared.side == Side::Server {
+        let asked = st.closing.is_some();
+        let reason = if asked {
+            EndReason::Closed
+        } else {
+            EndReason::ClosedByPeer
+        };
+        shared.end(&mut st, reason, None);
+        return true;
+    }
+    if let LinkEnd::Protocol(e) = end {
+        let reason = EndReason::Failed(e.to_string());
+        shared.end(&mut st, reason, Some(Error::Session(e.clone())));
+        return true;
+    }
+    st.session.link_down();
+    st.link = 0;
+    st.away_epoch += 1;
+    // A send waiting for room may now have to end the session (Overflow::End).
+    shared.to_send.notify_waiters();
+    let id = st.session.id();
+    let reason = end.describe();
+    shared.emit(&SessionEvent::Disconnected {
+        id,
+        reason: &reason,
+    });
+    false
+}
+
+/// Moves a live session onto a new connection; the WELCOME to send. Fails when the
+/// session is ending (`None`) or the client's count breaks the protocol.
+fn server_resume(
+    shared: &Shared,
+    st: &mut State,
+    peer_delivered: u64,
+) -> std::result::Result<(u64, Control), Option<SessionError>> {
+    if st.ended.is_some() {
+        return Err(None);
+    }
+    if st.link != 0 {
+        // Another connection carries it: the newer one wins (the client came back before
+        // the server noticed the old connection broke).
+        st.session.link_down();
+        st.link = 0;
+        shared.to_link.notify_waiters();
+    }
+    let replayed = match st.session.link_up(peer_delivered) {
+        Ok(n) => n,
+        Err(e) => {
+            st.session.link_down();
+            return Err(Some(e));
+        }
+    };
+    st.links += 1;
+    st.link = st.links;
+    st.away_epoch += 1;
+    let id = st.session.id();
+    shared.to_send.notify_waiters();
+    shared.emit(&SessionEvent::Resumed { id, replayed });
+    let welcome = Control::Welcome {
+        id,
+        resumed: true,
+        delivered: st.session.delivered(),
+        reason: String::new(),
+    };
+    Ok((st.link, welcome))
+}
+
+// ----- the server -----
+
+/// Where a server keeps what it needs to resume sessions it does not hold in memory: a
+/// session's [`Snapshot`] by id, and why a session that is gone is gone. One session's state
+/// is read and written by key; every call is async, so that a store shared by several
+/// server processes (Redis) can implement it.
+///
+/// A [`SessionServer`] holds its live sessions itself and writes their snapshot here when
+/// their client goes away (and again on each send while it is away), and the ending when
+/// they end; it reads here only for a session it does not hold.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Records the state of a session whose client is away, to be kept for `ttl`.
+    fn save(&self, id: SessionId, snapshot: Snapshot, ttl: Duration) -> BoxFuture<'_, Result<()>>;
+
+    /// The state of a session, or why it is gone.
+    fn load(&self, id: SessionId) -> BoxFuture<'_, Result<Lookup>>;
+
+    /// The session ended: forget its state; a later [`load`](Self::load) reports `reason`
+    /// (for a while) instead of [`Lookup::Unknown`].
+    fn end(&self, id: SessionId, reason: LostReason) -> BoxFuture<'_, Result<()>>;
+}
+
+/// What a [`SessionStore`] knows of a session.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Its state, resumable.
+    Found(Snapshot),
+    /// It ended, for this reason.
+    Gone(LostReason),
+    /// Nothing.
+    Unknown,
+}
+
+/// A [`SessionStore`] in this process's memory: sessions survive reconnects, not a restart.
+/// Ended sessions are remembered (to tell `expired` from `unknown`) for an hour, at most
+/// 100,000 of them.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<MemoryInner>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryInner {
+    saved: HashMap<SessionId, (Snapshot, tokio::time::Instant)>,
+    gone: HashMap<SessionId, (LostReason, tokio::time::Instant)>,
+    gone_order: VecDeque<SessionId>,
+}
+
+const TOMBSTONE_TIME: Duration = Duration::from_secs(3600);
+const TOMBSTONES: usize = 100_000;
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MemoryInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl MemoryInner {
+    fn bury(&mut self, id: SessionId, reason: LostReason, now: tokio::time::Instant) {
+        self.saved.remove(&id);
+        if self.gone.insert(id, (reason, now)).is_none() {
+            self.gone_order.push_back(id);
+        }
+        while self.gone_order.len() > TOMBSTONES {
+            if let Some(old) = self.gone_order.pop_front() {
+                self.gone.remove(&old);
+            }
+        }
+    }
+}
+
+impl SessionStore for MemoryStore {
+    fn save(&self, id: SessionId, snapshot: Snapshot, ttl: Duration) -> BoxFuture<'_, Result<()>> {
+        let at = tokio::time::Instant::now() + ttl;
+        self.lock().saved.insert(id, (snapshot, at));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn load(&self, id: SessionId) -> BoxFuture<'_, Result<Lookup>> {
+        let now = tokio::time::Instant::now();
+        let mut inner = self.lock();
+        let found = match inner.saved.get(&id) {
+            Some((snapshot, until)) if *until > now => Lookup::Found(snapshot.clone()),
+            Some(_) => {
+                inner.bury(id, LostReason::Expired, now);
+                Lookup::Gone(LostReason::Expired)
+            }
+            None => match inner.gone.get(&id) {
+                Some((reason, since)) if now.duration_since(*since) < TOMBSTONE_TIME => {
+                    Lookup::Gone(reason.clone())
+                }
+                _ => Lookup::Unknown,
+            },
+        };
+        Box::pin(async { Ok(found) })
+    }
+
+    fn end(&self, id: SessionId, reason: LostReason) -> BoxFuture<'_, Result<()>> {
+        self.lock().bury(id, reason, tokio::time::Instant::now());
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Settings of a [`SessionServer`].
+#[derive(Clone, Debug)]
+pub struct SessionServerConfig {
+    /// Replay buffer limits and acknowledgement timing of each session. Default:
+    /// [`SessionConfig::default`].
+    pub session: SessionConfig,
+    /// How long a session whose client is away is kept. Default: 2 minutes.
+    pub ttl: Duration,
+    /// Longest wait for a client's HELLO after the WebSocket opened. Default: 10 s.
+    pub handshake_timeout: Duration,
+    /// Sends to an away client with a full buffer. Default: [`Overflow::Wait`].
+    pub overflow: Overflow,
+}
+
+impl Default for SessionServerConfig {
+    fn default() -> Self {
+        Self {
+            session: SessionConfig::default(),
+            ttl: Duration::from_secs(120),
+            handshake_timeout: Duration::from_secs(10),
+            overflow: Overflow::Wait,
+        }
+    }
+}
+
+type Handler = dyn Fn(SessionHandle) -> BoxFuture<'static, ()> + Send + Sync;
+
+struct Registry {
+    config: SessionServerConfig,
+    handler: Box<Handler>,
+    live: Mutex<HashMap<SessionId, Arc<Shared>>>,
+    store: Arc<dyn SessionStore>,
+    on_event: Option<Arc<OnEvent>>,
+}
+
+impl Registry {
+    fn live(&self) -> MutexGuard<'_, HashMap<SessionId, Arc<Shared>>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A session ended: drop it from memory and tell the store.
+    fn forget(&self, id: SessionId, reason: &EndReason) {
+        self.live().remove(&id);
+        let reason = match reason {
+            EndReason::Expired => LostReason::Expired,
+            EndReason::Overflow => LostReason::Overflow,
+            _ => LostReason::Unknown,
+        };
+        let store = Arc::clone(&self.store);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.end(id, reason).await {
+                    tracing::warn!(%id, error = %e, "session store: recording the end failed");
+                }
+            });
+        }
+    }
+}
+
+/// Serves resumable sessions: runs its handler once per session, with a [`SessionHandle`]
+/// that outlives the connections; hand it every accepted WebSocket with
+/// [`serve`](Self::serve). Cheap to clone.
+///
+/// Clients that do not speak the resume protocol get the same handler with a plain handle
+/// ([`SessionHandle::is_resumable`] is false) that ends with its connection. Offer the
+/// subprotocol with [`server_config`](Self::server_config) (or
+/// `ServerConfig::subprotocol(SUBPROTOCOL)`).
+///
+/// ```no_run
+/// # async fn run() -> std::io::Result<()> {
+/// use tether::session::{SessionServer, SessionServerConfig};
+/// let sessions = SessionServer::new(SessionServerConfig::default(), |mut session| async move {
+///     while let Some(Ok(msg)) = session.recv().await {
+///         if session.send(msg).await.is_err() {
+///             break;
+///         }
+///     }
+/// });
+/// let config = sessions.server_config(tether::ServerConfig::default());
+/// let server = tether::Server::bind("127.0.0.1:9001", config).await?;
+/// server
+///     .serve(move |ws, _peer| {
+///         let sessions = sessions.clone();
+///         async move { sessions.serve(ws).await }
+///     })
+///     .await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct SessionServer {
+    registry: Arc<Registry>,
+}
+
+impl fmt::Debug for SessionServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionServer")
+            .field("config", &self.registry.config)
+            .field("sessions", &self.registry.live().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionServer {
+    /// A server of sessions kept in this process ([`MemoryStore`]), running `handler` once
+    /// per session.
+    pub fn new<H, F>(config: SessionServerConfig, handler: H) -> Self
+    where
+        H: Fn(SessionHandle) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        Self::with_store(config, Arc::new(MemoryStore::new()), handler)
+    }
+
+    /// As [`new`](Self::new), with sessions kept in `store`.
+    pub fn with_store<H, F>(
+        config: SessionServerConfig,
+        store: Arc<dyn SessionStore>,
+        handler: H,
+    ) -> Self
+    where
+        H: Fn(SessionHandle) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        Self {
+            registry: Arc::new(Registry {
+                config,
+                handler: Box::new(move |h| Box::pin(handler(h))),
+                live: Mutex::new(HashMap::new()),
+                store,
+                on_event: None,
+            }),
+        }
+    }
+
+    /// A callback for every [`SessionEvent`] of every session. Call before serving.
+    pub fn on_event<F>(mut self, callback: F) -> Self
+    where
+        F: Fn(&SessionEvent<'_>) + Send + Sync + 'static,
+    {
+        if let Some(registry) = Arc::get_mut(&mut self.registry) {
+            registry.on_event = Some(Arc::new(callback));
+        }
+        self
+    }
+
+    /// `config` with the resume protocol's subprotocol offered first.
+    pub fn server_config(&self, config: crate::ServerConfig) -> crate::ServerConfig {
+        config.offer_first(SUBPROTOCOL)
+    }
+
+    /// Sessions held in memory (connected or away).
+    pub fn len(&self) -> usize {
+        self.registry.live().len()
+    }
+
+    /// True when no session is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Carries a session over this connection until the connection ends: a new one (the
+    /// handler starts), or the one the client resumes. Returns when the connection is over;
+    /// the session may live on, waiting for its client.
+    pub async fn serve<S>(&self, mut ws: WebSocket<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let registry = &self.registry;
+        if ws.subprotocol() != Some(SUBPROTOCOL) {
+            let session = Session::new(SessionId::random(), registry.config.session.clone());
+            let shared = self.new_shared(false, session);
+            let gen = {
+                let mut st = shared.lock();
+                st.links = 1;
+                st.link = 1;
+                1
+            };
+            self.spawn_handler(&shared);
+            let end = run_link(&shared, ws, gen).await;
+            finish_link(&shared, gen, &end);
+            return;
+        }
+        let within = registry.config.handshake_timeout;
+        let (asked, peer_delivered) = match read_control(&mut ws, within).await {
+            Ok(Control::Hello { id, delivered }) => (id, delivered),
+            Ok(_) => {
+                let _ = ws.close(close_code::PROTOCOL_ERROR, "HELLO expected").await;
+                return;
+            }
+            Err(why) => {
+                tracing::debug!(why, "no resume handshake from the client");
+                let _ = ws.close(close_code::PROTOCOL_ERROR, "HELLO expected").await;
+                return;
+            }
+        };
+        let mut reason = String::new();
+        let mut existing = None;
+        if let Some(id) = asked {
+            let live = registry.live().get(&id).cloned();
+            match live {
+                Some(shared) => existing = Some(shared),
+                None => match registry.store.load(id).await {
+                    Ok(Lookup::Found(snapshot)) => {
+                        let config = registry.config.session.clone();
+                        match Session::restore(id, config, snapshot) {
+                            Ok(session) => {
+                                let shared = self.new_shared(true, session);
+                                registry.live().insert(id, Arc::clone(&shared));
+                                self.spawn_handler(&shared);
+                                existing = Some(shared);
+                            }
+                            Err(e) => {
+                                tracing::warn!(%id, error = %e, "stored session unusable");
+                                reason = LostReason::Unknown.as_str().to_owned();
+                            }
+                        }
+                    }
+                    Ok(Lookup::Gone(why)) => reason = why.as_str().to_owned(),
+                    Ok(Lookup::Unknown) => reason = LostReason::Unknown.as_str().to_owned(),
+                    Err(e) => {
+                        tracing::error!(%id, error = %e, "session store unavailable");
+                        let _ = ws
+                            .close(close_code::INTERNAL_ERROR, "session store unavailable")
+                            .await;
+                        return;
+                    }
+                },
+            }
+        }
+        let (shared, gen, welcome) = match existing {
+            Some(shared) => {
+                let resumed = {
+                    let mut st = shared.lock();
+                    server_resume(&shared, &mut st, peer_delivered)
+                };
+                match resumed {
+                    Ok((gen, welcome)) => (shared, gen, welcome),
+                    Err(None) => {
+                        let _ = ws
+                            .close(close_code::TRY_AGAIN_LATER, "session ending")
+                            .await;
+                        return;
+                    }
+                    Err(Some(e)) => {
+                        tracing::warn!(error = %e, "client broke the resume protocol");
+                        let _ = ws.close(e.close_code(), "resume protocol error").await;
+                        return;
+                    }
+                }
+            }
+            None => {
+                if asked.is_none() && peer_delivered != 0 {
+                    let _ = ws
+                        .close(close_code::PROTOCOL_ERROR, "new session with deliveries")
+                        .await;
+                    return;
+                }
+                let id = SessionId::random();
+                let session = Session::new(id, registry.config.session.clone());
+                let shared = self.new_shared(true, session);
+                let gen = {
+                    let mut st = shared.lock();
+                    // A new session has nothing to replay.
+                    let _ = st.session.link_up(0);
+                    st.links = 1;
+                    st.link = 1;
+                    shared.emit(&SessionEvent::Connected { id, replayed: 0 });
+                    1
+                };
+                registry.live().insert(id, Arc::clone(&shared));
+                self.spawn_handler(&shared);
+                let welcome = Control::Welcome {
+                    id,
+                    resumed: false,
+                    delivered: 0,
+                    reason,
+                };
+                (shared, gen, welcome)
+            }
+        };
+        if ws.send(Message::Binary(welcome.encode())).await.is_err() {
+            self.went_away(&shared, gen, &LinkEnd::Failed(Error::ConnectionClosed))
+                .await;
+            return;
+        }
+        let end = run_link(&shared, ws, gen).await;
+        self.went_away(&shared, gen, &end).await;
+    }
+
+    fn new_shared(&self, resume: bool, session: Session) -> Arc<Shared> {
+        Shared::new(
+            Side::Server,
+            resume,
+            session,
+            self.registry.on_event.clone(),
+            Some(Arc::downgrade(&self.registry)),
+            self.registry.config.overflow,
+        )
+    }
+
+    fn spawn_handler(&self, shared: &Arc<Shared>) {
+        let handle = SessionHandle {
+            shared: Arc::clone(shared),
+        };
+        tokio::spawn((self.registry.handler)(handle));
+    }
+
+    /// The link ended: end the session, or keep it for its client and start the clock.
+    async fn went_away(&self, shared: &Arc<Shared>, gen: u64, end: &LinkEnd) {
+        if finish_link(shared, gen, end) {
+            return;
+        }
+        let (id, epoch, snapshot) = {
+            let st = shared.lock();
+            if st.link != 0 || st.ended.is_some() {
+                return;
+            }
+            (st.session.id(), st.away_epoch, st.session.snapshot())
+        };
+        let ttl = self.registry.config.ttl;
+        if let Err(e) = self.registry.store.save(id, snapshot, ttl).await {
+            tracing::warn!(%id, error = %e, "session store: saving failed");
+        }
+        let weak = Arc::downgrade(shared);
+        tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            let Some(shared) = weak.upgrade() else { return };
+            let mut st = shared.lock();
+            if st.link == 0 && st.away_epoch == epoch {
+                shared.end(&mut st, EndReason::Expired, None);
+            }
+        });
+    }
+}

@@ -1,0 +1,239 @@
+//! The chaos test of resumable sessions: a proxy of the test's own breaks the connection
+//! every 50–500 ms — by RST, by FIN, in the middle of a frame, in the middle of the opening
+//! (HTTP or resume) handshake, and by silently dropping everything (keepalive must notice) —
+//! while client and server each send 20,000 numbered messages, the server also while the
+//! client is away. Each side must take exactly 1..=20,000, in order; at least 30 resumes must
+//! have happened; no session may be lost. Run with and without permessage-deflate.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng as _;
+use support::chaos_proxy::{ChaosProxy, Fault, HandshakeCut};
+use tether::reconnect::Backoff;
+use tether::session::{SessionEvent, SessionHandle, SessionServer, SessionServerConfig};
+use tether::{ClientBuilder, Config, Message, Policy, Server, ServerConfig};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+const MESSAGES: u64 = 20_000;
+/// Messages each side sends per tick, and the tick: the run lasts about 16 s, long enough
+/// for well over 30 cuts.
+const BATCH: u64 = 10;
+const TICK: Duration = Duration::from_millis(8);
+const MIN_RESUMES: u64 = 30;
+/// Bounds the whole run, so that a bug fails the test instead of hanging it.
+const GUARD: Duration = Duration::from_secs(120);
+
+/// Message `n` of a side: text for odd numbers, binary for even ones.
+fn message(side: char, n: u64) -> Message {
+    let text = format!("{side}{n}");
+    if n % 2 == 1 {
+        Message::text(text)
+    } else {
+        Message::binary(text.into_bytes())
+    }
+}
+
+/// The number of a message from `side`, checking its kind.
+fn number(side: char, msg: &Message) -> u64 {
+    let text = std::str::from_utf8(msg.as_bytes()).unwrap();
+    let n: u64 = text
+        .strip_prefix(side)
+        .unwrap_or_else(|| panic!("message {text:?} is not from {side}"))
+        .parse()
+        .unwrap();
+    assert_eq!(
+        msg.is_text(),
+        n % 2 == 1,
+        "message {n} arrived as the wrong kind"
+    );
+    n
+}
+
+/// Sends 1..=MESSAGES, paced.
+async fn send_all(send: impl Fn(Message) -> tokio::task::JoinHandle<bool>, side: char) {
+    let mut ticker = tokio::time::interval(TICK);
+    let mut n = 1;
+    while n <= MESSAGES {
+        ticker.tick().await;
+        for _ in 0..BATCH {
+            if n > MESSAGES {
+                break;
+            }
+            assert!(send(message(side, n)).await.unwrap(), "send {n} failed");
+            n += 1;
+        }
+    }
+}
+
+/// Takes messages until all arrived, asserting each is the next one.
+async fn take_all(session: &mut SessionHandle, side: char) -> u64 {
+    let mut expected = 1;
+    while expected <= MESSAGES {
+        match session.recv().await {
+            Some(Ok(msg)) => {
+                assert_eq!(number(side, &msg), expected, "in order, exactly once");
+                expected += 1;
+            }
+            other => panic!("session broke after {} messages: {other:?}", expected - 1),
+        }
+    }
+    expected - 1
+}
+
+fn keepalive(compression: bool) -> Config {
+    let config = Config::default()
+        .ping_interval(Some(Duration::from_millis(100)))
+        .ping_timeout(Some(Duration::from_millis(200)));
+    if compression {
+        config
+    } else {
+        config.compression(None)
+    }
+}
+
+async fn run(compression: bool) {
+    // The server: takes the client's numbers and sends its own, paced, whatever the state
+    // of the connection; reports what it took.
+    let (taken_tx, mut taken_rx) = mpsc::unbounded_channel();
+    let sessions = SessionServer::new(SessionServerConfig::default(), move |mut session| {
+        let taken_tx = taken_tx.clone();
+        async move {
+            let sender = session.sender();
+            let sending = tokio::spawn(async move {
+                send_all(
+                    |m| {
+                        let sender = sender.clone();
+                        tokio::spawn(async move { sender.send(m).await.is_ok() })
+                    },
+                    's',
+                )
+                .await;
+            });
+            let taken = take_all(&mut session, 'c').await;
+            sending.await.unwrap();
+            // The client closes once it has everything: the session ends.
+            assert!(
+                session.recv().await.is_none(),
+                "nothing after the last message"
+            );
+            taken_tx.send(taken).unwrap();
+        }
+    });
+    let server_config =
+        sessions.server_config(ServerConfig::default().config(keepalive(compression)));
+    let server = Server::bind("127.0.0.1:0", server_config).await.unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let serving = sessions.clone();
+    tokio::spawn(server.serve(move |ws, _| {
+        let sessions = serving.clone();
+        async move { sessions.serve(ws).await }
+    }));
+    let proxy = ChaosProxy::start(server_addr).await;
+
+    // The client.
+    let resumes = Arc::new(AtomicU64::new(0));
+    let lost = Arc::new(AtomicU64::new(0));
+    let (r, l) = (Arc::clone(&resumes), Arc::clone(&lost));
+    let policy = Policy::default()
+        .backoff(Backoff {
+            initial: Duration::from_millis(20),
+            min: Duration::from_millis(20),
+            factor: 1.5,
+            max: Duration::from_millis(200),
+            ..Backoff::default()
+        })
+        .min_uptime(Duration::ZERO);
+    let mut session = ClientBuilder::new(format!("ws://{}/", proxy.addr()))
+        .config(keepalive(compression))
+        .open_timeout(Duration::from_secs(2))
+        .reconnecting()
+        .policy(policy)
+        .session()
+        .handshake_timeout(Duration::from_secs(1))
+        .on_event(move |e| match e {
+            SessionEvent::Resumed { .. } => {
+                r.fetch_add(1, Ordering::Relaxed);
+            }
+            SessionEvent::Lost(_) => {
+                l.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        })
+        .start();
+
+    // The chaos: a random fault every 50–500 ms until both sides are done.
+    let chaos_proxy = proxy.clone();
+    let cuts = Arc::new(AtomicU64::new(0));
+    let chaos_cuts = Arc::clone(&cuts);
+    let chaos = tokio::spawn(async move {
+        loop {
+            let (wait, pick, from_client, bytes) = {
+                let mut rng = rand::rng();
+                (
+                    rng.random_range(50..=500),
+                    rng.random_range(0..5),
+                    rng.random_bool(0.5),
+                    rng.random_range(1..200),
+                )
+            };
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            match pick {
+                0 => chaos_proxy.fault(Fault::Rst),
+                1 => chaos_proxy.fault(Fault::Fin),
+                2 => chaos_proxy.fault(Fault::MidFrame),
+                3 => chaos_proxy.fault(Fault::Blackhole),
+                _ => {
+                    chaos_proxy.cut_next_handshake(HandshakeCut { from_client, bytes });
+                    chaos_proxy.fault(Fault::Rst);
+                }
+            }
+            chaos_cuts.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+
+    let sender = session.sender();
+    let client_sending = tokio::spawn(async move {
+        send_all(
+            |m| {
+                let sender = sender.clone();
+                tokio::spawn(async move { sender.send(m).await.is_ok() })
+            },
+            'c',
+        )
+        .await;
+    });
+    let client_taken = timeout(GUARD, take_all(&mut session, 's'))
+        .await
+        .expect("the client did not receive everything in time");
+    timeout(GUARD, client_sending).await.unwrap().unwrap();
+    chaos.abort();
+    timeout(GUARD, session.close()).await.unwrap().unwrap();
+    let server_taken = timeout(GUARD, taken_rx.recv()).await.unwrap().unwrap();
+
+    let resumes = resumes.load(Ordering::Relaxed);
+    println!(
+        "compression {compression}: client took {client_taken}, server took {server_taken}, \
+         {} faults, {resumes} resumes, {} connections through the proxy",
+        cuts.load(Ordering::Relaxed),
+        proxy.accepted()
+    );
+    assert_eq!(client_taken, MESSAGES);
+    assert_eq!(server_taken, MESSAGES);
+    assert_eq!(lost.load(Ordering::Relaxed), 0, "no session lost");
+    assert!(resumes >= MIN_RESUMES, "only {resumes} resumes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_lost_repeated_or_reordered_through_random_cuts() {
+    run(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_lost_repeated_or_reordered_through_random_cuts_with_compression() {
+    run(true).await;
+}

@@ -1,0 +1,208 @@
+//! A fault-injecting TCP proxy on 127.0.0.1 for the tests: it forwards bytes between a client
+//! and a server and, when told, breaks every connection it carries in one of the ways real
+//! networks do.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// How the proxy breaks the connections it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// Both sides get a TCP reset.
+    Rst,
+    /// Both sides get an orderly end of stream (FIN).
+    Fin,
+    /// The next chunk in either direction is forwarded only in part, then both sides are
+    /// reset: the receiver holds half a frame.
+    MidFrame,
+    /// Stop forwarding without closing anything: only keepalive can tell.
+    Blackhole,
+}
+
+/// The next connection accepted is reset after `bytes` bytes in the given direction (the
+/// opening handshake, or the resume handshake right after it, is cut short).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HandshakeCut {
+    /// True: cut the client's bytes (the request, HELLO); false: the server's (101, WELCOME).
+    pub(crate) from_client: bool,
+    /// Bytes forwarded before the reset.
+    pub(crate) bytes: usize,
+}
+
+struct Control {
+    target: Mutex<SocketAddr>,
+    /// While set, connections are reset as soon as they are accepted.
+    down: std::sync::atomic::AtomicBool,
+    conns: Mutex<Vec<watch::Sender<Option<Fault>>>>,
+    handshake_cut: Mutex<Option<HandshakeCut>>,
+    accepted: AtomicU64,
+}
+
+/// A running proxy. Dropping it does not stop it; the test's runtime does.
+#[derive(Clone)]
+pub(crate) struct ChaosProxy {
+    addr: SocketAddr,
+    control: Arc<Control>,
+}
+
+impl ChaosProxy {
+    /// Starts a proxy in front of `target`.
+    pub(crate) async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let control = Arc::new(Control {
+            target: Mutex::new(target),
+            down: Default::default(),
+            conns: Default::default(),
+            handshake_cut: Default::default(),
+            accepted: Default::default(),
+        });
+        let ctl = Arc::clone(&control);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if ctl.down.load(Ordering::Relaxed) {
+                    let _ = client.set_zero_linger();
+                    continue;
+                }
+                let target = *ctl.target.lock().unwrap();
+                let Ok(server) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                ctl.accepted.fetch_add(1, Ordering::Relaxed);
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (fault_tx, fault_rx) = watch::channel(None);
+                ctl.conns.lock().unwrap().retain(|c| !c.is_closed());
+                ctl.conns.lock().unwrap().push(fault_tx.clone());
+                let cut = ctl.handshake_cut.lock().unwrap().take();
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                let fault_tx = Arc::new(fault_tx);
+                tokio::spawn(pump(
+                    client_read,
+                    server_write,
+                    fault_rx.clone(),
+                    Arc::clone(&fault_tx),
+                    cut.filter(|c| c.from_client).map(|c| c.bytes),
+                ));
+                tokio::spawn(pump(
+                    server_read,
+                    client_write,
+                    fault_rx,
+                    fault_tx,
+                    cut.filter(|c| !c.from_client).map(|c| c.bytes),
+                ));
+            }
+        });
+        Self { addr, control }
+    }
+
+    /// Where clients connect.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Breaks every connection now carried.
+    pub(crate) fn fault(&self, fault: Fault) {
+        for conn in self.control.conns.lock().unwrap().iter() {
+            let _ = conn.send(Some(fault));
+        }
+    }
+
+    /// Arms a cut of the next connection's opening.
+    pub(crate) fn cut_next_handshake(&self, cut: HandshakeCut) {
+        *self.control.handshake_cut.lock().unwrap() = Some(cut);
+    }
+
+    /// Sends new connections to another server.
+    pub(crate) fn retarget(&self, target: SocketAddr) {
+        *self.control.target.lock().unwrap() = target;
+    }
+
+    /// While `down`, every new connection is reset at once (the server is unreachable).
+    pub(crate) fn set_down(&self, down: bool) {
+        self.control.down.store(down, Ordering::Relaxed);
+    }
+
+    /// Connections accepted so far.
+    pub(crate) fn accepted(&self) -> u64 {
+        self.control.accepted.load(Ordering::Relaxed)
+    }
+}
+
+fn reset(w: &OwnedWriteHalf) {
+    let _ = AsRef::<TcpStream>::as_ref(w).set_zero_linger();
+}
+
+/// Forwards one direction until the source ends or a fault says otherwise.
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    mut fault: watch::Receiver<Option<Fault>>,
+    all: Arc<watch::Sender<Option<Fault>>>,
+    mut cut_after: Option<usize>,
+) {
+    let mut buf = vec![0u8; 16 << 10];
+    let mut blackholed = false;
+    loop {
+        tokio::select! {
+            read = from.read(&mut buf) => {
+                let n = match read {
+                    Ok(0) | Err(_) => {
+                        let _ = to.shutdown().await;
+                        return;
+                    }
+                    Ok(n) => n,
+                };
+                if blackholed {
+                    continue;
+                }
+                let mid_frame = *fault.borrow() == Some(Fault::MidFrame);
+                if let Some(left) = cut_after {
+                    let k = left.min(n);
+                    let _ = to.write_all(&buf[..k]).await;
+                    if k < n || left == n {
+                        reset(&to);
+                        let _ = all.send(Some(Fault::Rst));
+                        return;
+                    }
+                    cut_after = Some(left - k);
+                    continue;
+                }
+                if mid_frame && n >= 2 {
+                    let _ = to.write_all(&buf[..n / 2]).await;
+                    reset(&to);
+                    let _ = all.send(Some(Fault::Rst));
+                    return;
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            changed = fault.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = *fault.borrow_and_update();
+                match now {
+                    Some(Fault::Rst) => {
+                        reset(&to);
+                        return;
+                    }
+                    Some(Fault::Fin) => {
+                        let _ = to.shutdown().await;
+                        return;
+                    }
+                    Some(Fault::Blackhole) => blackholed = true,
+                    Some(Fault::MidFrame) | None => {}
+                }
+            }
+        }
+    }
+}
