@@ -84,6 +84,13 @@ pub(crate) struct ConnectArgs {
     #[arg(long)]
     pub(crate) reconnect: bool,
 
+    /// A resumable session (implies --reconnect for failed connections): lines are delivered
+    /// exactly once and in order across reconnects, and so are received messages. A session
+    /// the server cannot resume is a `session_lost` event and exit 1, unless --reconnect is
+    /// also given (then a new session starts).
+    #[arg(long)]
+    pub(crate) resume: bool,
+
     /// Print one JSON object per line on stdout for every event; without it, print received
     /// text as lines and human-readable status on stderr.
     #[arg(long)]
@@ -185,6 +192,16 @@ pub(crate) struct ServeArgs {
     /// Relay each message to every connected client, the sender included, instead of echoing.
     #[arg(long)]
     pub(crate) broadcast: bool,
+
+    /// Offer resumable sessions (subprotocol tether.resume.1): a client that reconnects
+    /// resumes where it was, receiving what was sent meanwhile. Plain clients are served as
+    /// before.
+    #[arg(long)]
+    pub(crate) resume: bool,
+
+    /// How long a session whose client is away is kept. [default: the library's, 120 s]
+    #[arg(long, value_name = "S", value_parser = parse_secs, requires = "resume")]
+    pub(crate) session_ttl: Option<Duration>,
 
     /// Require HTTP Basic credentials; other upgrade requests get 401.
     #[arg(long, value_name = "USER:PASS", value_parser = parse_credentials)]

@@ -66,6 +66,9 @@ pub(crate) async fn run(args: ConnectArgs) -> i32 {
         }
     };
     let out = Arc::new(Output::new(args.json));
+    if args.resume {
+        return crate::resume::run(&args, builder, policy(&args), out).await;
+    }
     let mut connections = if args.reconnect {
         let events = out.clone();
         let stream = builder

@@ -9,6 +9,7 @@ mod connect;
 mod demo;
 mod input;
 mod output;
+mod resume;
 mod serve;
 
 use clap::Parser;

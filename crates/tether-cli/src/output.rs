@@ -189,6 +189,30 @@ impl Output {
         }
     }
 
+    /// A resumable session is carried by a new connection.
+    pub(crate) fn session_open(&self, attempt: u32, resumed: bool, replayed: u64) {
+        self.event(json!({
+            "event": "open",
+            "attempt": attempt,
+            "subprotocol": tether::session::SUBPROTOCOL,
+            "resumed": resumed,
+            "replayed": replayed,
+        }));
+        if resumed {
+            self.status(&format!("session resumed ({replayed} messages sent again)"));
+        } else {
+            self.status("connected (new session)");
+        }
+    }
+
+    /// The server could not resume the session.
+    pub(crate) fn session_lost(&self, reason: &str, unacknowledged: usize) {
+        self.event(json!({"event": "session_lost", "reason": reason}));
+        self.status(&format!(
+            "session lost ({reason}); {unacknowledged} lines were not acknowledged"
+        ));
+    }
+
     /// An attempt succeeded.
     pub(crate) fn open(&self, attempt: u32, subprotocol: Option<&str>) {
         self.event(json!({"event": "open", "attempt": attempt, "subprotocol": subprotocol}));

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
+use tether::session::{Overflow, SessionEvent, SessionHandle, SessionServer, SessionServerConfig};
 use tether::{
     HttpResponse, Message, PreparedMessage, Server, ServerConfig, ShutdownHandle, WebSocket,
 };
@@ -53,6 +54,10 @@ pub(crate) async fn run(args: ServeArgs) -> i32 {
         },
         _ => false,
     };
+    let sessions = args.resume.then(|| session_server(&args, Arc::clone(&log)));
+    if let Some(sessions) = &sessions {
+        config = sessions.server_config(config);
+    }
     let server = match Server::bind(args.addr.as_str(), config).await {
         Ok(s) => s,
         Err(e) => {
@@ -80,9 +85,15 @@ pub(crate) async fn run(args: ServeArgs) -> i32 {
             let log = log.clone();
             let peers = peers.clone();
             let id = next_id.fetch_add(1, Ordering::Relaxed);
+            let sessions = sessions.clone();
             async move {
                 let peer = ws.get_ref().tcp().peer_addr().ok();
                 log.connection(peer, &request.path);
+                if let Some(sessions) = sessions {
+                    sessions.serve(ws).await;
+                    log.event(json!({"event": "closed", "peer": peer.map(|p| p.to_string())}));
+                    return;
+                }
                 let mut ws = ws;
                 if broadcast {
                     relay(&mut ws, id, &peers, &log).await;
@@ -100,6 +111,83 @@ pub(crate) async fn run(args: ServeArgs) -> i32 {
             EXIT_FATAL
         }
     }
+}
+
+/// The sessions of `serve --resume`: each session echoes, or relays to every session
+/// (`--broadcast`), for as long as it lives, across its client's reconnects.
+fn session_server(args: &ServeArgs, log: Arc<Log>) -> SessionServer {
+    let mut config = SessionServerConfig::default();
+    if let Some(ttl) = args.session_ttl {
+        config.ttl = ttl;
+    }
+    let outboxes: Outboxes = Arc::default();
+    let broadcast = args.broadcast;
+    if broadcast {
+        // One away client must not hold the broadcast back: when its buffer is full, its
+        // session ends (it is told `overflow` when it comes back).
+        config.overflow = Overflow::End;
+    }
+    let events = Arc::clone(&log);
+    let next_id = Arc::new(AtomicU64::new(0));
+    SessionServer::new(config, move |session| {
+        let log = Arc::clone(&log);
+        let outboxes = Arc::clone(&outboxes);
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        async move {
+            if broadcast {
+                relay_session(session, id, &outboxes, &log).await;
+            } else {
+                while let Some(Ok(msg)) = session.recv().await {
+                    log.message(&msg);
+                    if session.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .on_event(move |event| events.session(event))
+}
+
+/// Where `--broadcast --resume` queues messages for each session, in order.
+type Outboxes = Arc<Mutex<HashMap<u64, mpsc::Sender<Message>>>>;
+
+/// Relays every message of this session to every session, and delivers what others relay.
+async fn relay_session(session: SessionHandle, id: u64, outboxes: &Outboxes, log: &Log) {
+    let (tx, mut outbox) = mpsc::channel(BROADCAST_BACKLOG * 16);
+    outboxes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, tx);
+    let sender = session.sender();
+    // Delivery to this session runs on its own, so that waiting for its acknowledgements
+    // never holds up what it sends.
+    let delivery = tokio::spawn(async move {
+        while let Some(msg) = outbox.recv().await {
+            if sender.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(Ok(msg)) = session.recv().await {
+        log.message(&msg);
+        let targets: Vec<_> = outboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for target in targets {
+            if let Err(mpsc::error::TrySendError::Full(_)) = target.try_send(msg.clone()) {
+                log.status("a slow session missed a broadcast message");
+            }
+        }
+    }
+    outboxes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    delivery.abort();
 }
 
 /// Waits for Ctrl-C or SIGTERM, then shuts the server down gracefully.
@@ -268,6 +356,19 @@ impl Log {
                 Message::Binary(b) => self.status(&format!("< {}", binary_summary(b))),
             }
         }
+    }
+
+    fn session(&self, event: &SessionEvent<'_>) {
+        let (state, id, replayed) = match event {
+            SessionEvent::Connected { id, replayed } => ("connected", id, Some(*replayed)),
+            SessionEvent::Resumed { id, replayed } => ("resumed", id, Some(*replayed)),
+            SessionEvent::Disconnected { id, .. } => ("disconnected", id, None),
+            SessionEvent::Ended { id, .. } => ("ended", id, None),
+            _ => return,
+        };
+        let id = id.to_string();
+        self.event(json!({"event": "session", "state": state, "id": id, "replayed": replayed}));
+        self.status(&format!("session {id} {state}"));
     }
 
     fn closed(&self, peer: Option<SocketAddr>, ws: &WebSocket) {

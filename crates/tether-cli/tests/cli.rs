@@ -956,3 +956,143 @@ fn wss_with_a_private_ca_or_insecure() {
     assert_eq!(client.wait_exit(), 0);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+// ----- resumable sessions -----
+
+/// A TCP relay in threads whose connections can all be cut at once (both sockets shut
+/// down), standing for a network that drops the connection.
+struct CuttableRelay {
+    addr: SocketAddr,
+    target: std::sync::Arc<std::sync::Mutex<SocketAddr>>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl CuttableRelay {
+    fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>> = Default::default();
+        let kept = conns.clone();
+        let target = std::sync::Arc::new(std::sync::Mutex::new(target));
+        let current = target.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let to = *current.lock().unwrap();
+                let Ok(server) = TcpStream::connect(to) else {
+                    continue;
+                };
+                kept.lock().unwrap().push(client.try_clone().unwrap());
+                kept.lock().unwrap().push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self {
+            addr,
+            target,
+            conns,
+        }
+    }
+
+    fn retarget(&self, port: u16) {
+        *self.target.lock().unwrap() = format!("127.0.0.1:{port}").parse().unwrap();
+    }
+
+    fn cut(&self) {
+        for conn in self.conns.lock().unwrap().drain(..) {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn resume_delivers_every_line_once_across_a_dropped_connection() {
+    let (_server, port) = serve(&["--resume"]);
+    let relay = CuttableRelay::start(format!("127.0.0.1:{port}").parse().unwrap());
+    let url = format!("ws://{}/", relay.addr);
+    let mut client = spawn_owned(&quick(&url, &["--resume"]));
+    client.write("one\n");
+    let open = client.wait_event("open");
+    assert_eq!(open["resumed"], false);
+    assert_eq!(open["replayed"], 0);
+    assert_eq!(open["subprotocol"], "tether.resume.1");
+    assert_eq!(client.wait_event("message")["data"], "one");
+    relay.cut();
+    client.wait_event("closed");
+    // Typed while the connection is down (or coming back): delivered once it is.
+    client.write("two\nthree\n");
+    let open = client.wait_event("open");
+    assert_eq!(open["resumed"], true, "{open}");
+    client.close_stdin();
+    let mut texts = Vec::new();
+    loop {
+        let event = client.next_event();
+        match event["event"].as_str() {
+            Some("message") => texts.push(event["data"].as_str().unwrap().to_owned()),
+            Some("closed") if event["code"] == 1000 => break,
+            Some("session_lost") | Some("fatal") => panic!("unexpected {event}"),
+            _ => {}
+        }
+    }
+    assert_eq!(texts, ["two", "three"], "each echo exactly once, in order");
+    assert_eq!(client.wait_exit(), 0);
+}
+
+#[test]
+fn resume_against_a_server_without_sessions_is_fatal() {
+    let (_server, port) = serve(&[]);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let mut client = spawn_owned(&quick(&url, &["--resume"]));
+    let fatal = client.wait_event("fatal");
+    assert_eq!(fatal["error"]["kind"], "session", "{fatal}");
+    assert_eq!(client.wait_exit(), 1);
+}
+
+#[test]
+fn a_session_the_server_cannot_resume_is_reported_then_exit_1_or_a_new_session() {
+    for reconnect in [false, true] {
+        let (_first, port) = serve(&["--resume"]);
+        let (_second, other) = serve(&["--resume"]);
+        let relay = CuttableRelay::start(format!("127.0.0.1:{port}").parse().unwrap());
+        let url = format!("ws://{}/", relay.addr);
+        let mut args = vec![
+            "connect",
+            &url,
+            "--json",
+            "--resume",
+            "--backoff-initial",
+            "0.1",
+            "--backoff-min",
+            "0.1",
+        ];
+        if reconnect {
+            args.push("--reconnect");
+        }
+        let mut client = Proc::spawn(&args);
+        client.write("one\n");
+        assert_eq!(client.wait_event("message")["data"], "one");
+        // The client comes back to a server that never heard of its session.
+        relay.retarget(other);
+        relay.cut();
+        let lost = client.wait_event("session_lost");
+        assert_eq!(lost["reason"], "unknown", "{lost}");
+        if !reconnect {
+            assert_eq!(client.wait_exit(), 1);
+            continue;
+        }
+        let open = client.wait_event("open");
+        assert_eq!(open["resumed"], false, "a new session: {open}");
+        client.write("two\n");
+        assert_eq!(client.wait_event("message")["data"], "two");
+        client.close_stdin();
+        assert_eq!(client.wait_exit(), 0);
+    }
+}

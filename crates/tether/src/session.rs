@@ -169,6 +169,9 @@ pub enum SessionEvent<'a> {
     Disconnected {
         /// The session.
         id: SessionId,
+        /// The connection's close code: the peer's, or 1006 when it ended without a
+        /// closing handshake.
+        code: u16,
         /// What happened to the connection.
         reason: &'a str,
     },
@@ -302,8 +305,8 @@ impl Shared {
             SessionEvent::Resumed { id, replayed } => {
                 tracing::info!(side, %id, replayed, "session resumed")
             }
-            SessionEvent::Disconnected { id, reason } => {
-                tracing::warn!(side, %id, reason, "session disconnected; resumable")
+            SessionEvent::Disconnected { id, code, reason } => {
+                tracing::warn!(side, %id, code, reason, "session disconnected; resumable")
             }
             SessionEvent::Lost(lost) => {
                 tracing::warn!(side, id = %lost.id, reason = %lost.reason,
@@ -504,7 +507,7 @@ impl SessionHandle {
     /// ended the session. Taking a message acknowledges it (coalesced).
     ///
     /// **Cancel safety:** cancel-safe.
-    pub async fn recv(&mut self) -> Option<Result<Message>> {
+    pub async fn recv(&self) -> Option<Result<Message>> {
         let shared = &*self.shared;
         loop {
             let notified = shared.to_recv.notified();
@@ -540,7 +543,7 @@ impl SessionHandle {
     /// (across reconnects, if need be), then closes the connection with 1000, which ends the
     /// session on both ends. Bound the wait with `tokio::time::timeout` if the peer may
     /// never come back.
-    pub async fn close(&mut self) -> Result<()> {
+    pub async fn close(&self) -> Result<()> {
         let shared = &*self.shared;
         loop {
             let notified = shared.to_send.notified();
@@ -1197,8 +1200,13 @@ fn finish_link(shared: &Shared, gen: u64, end: &LinkEnd) -> bool {
     shared.to_send.notify_waiters();
     let id = st.session.id();
     let reason = end.describe();
+    let code = match end {
+        LinkEnd::Closed { code, .. } => *code,
+        _ => close_code::ABNORMAL,
+    };
     shared.emit(&SessionEvent::Disconnected {
         id,
+        code,
         reason: &reason,
     });
     false
@@ -1422,7 +1430,7 @@ impl Registry {
 /// ```no_run
 /// # async fn run() -> std::io::Result<()> {
 /// use tether::session::{SessionServer, SessionServerConfig};
-/// let sessions = SessionServer::new(SessionServerConfig::default(), |mut session| async move {
+/// let sessions = SessionServer::new(SessionServerConfig::default(), |session| async move {
 ///     while let Some(Ok(msg)) = session.recv().await {
 ///         if session.send(msg).await.is_err() {
 ///             break;

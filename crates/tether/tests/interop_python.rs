@@ -895,7 +895,7 @@ async fn a_resumable_client_against_python_fails_clearly_or_falls_back_as_config
     let (_py, port) = python_server().await;
     let url = format!("ws://127.0.0.1:{port}/echo");
     // Default: a clear error, and nothing else.
-    let mut session = ClientBuilder::new(&url).session().start();
+    let session = ClientBuilder::new(&url).session().start();
     match within("the session's first answer", session.recv()).await {
         Some(Err(tether::Error::SessionsNotOffered)) => {}
         other => panic!("expected SessionsNotOffered, got {other:?}"),
@@ -903,7 +903,7 @@ async fn a_resumable_client_against_python_fails_clearly_or_falls_back_as_config
     assert!(within("the end", session.recv()).await.is_none());
     assert!(session.send("late").await.is_err());
     // Configured to fall back: a plain reconnecting client, without the guarantees.
-    let mut session = ClientBuilder::new(&url)
+    let session = ClientBuilder::new(&url)
         .session()
         .fallback_to_plain(true)
         .start();

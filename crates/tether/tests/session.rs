@@ -73,7 +73,7 @@ async fn echo_server_on(
     config: SessionServerConfig,
     store: Option<Arc<dyn SessionStore>>,
 ) -> EchoServer {
-    let handler = |mut session: SessionHandle| async move {
+    let handler = |session: SessionHandle| async move {
         while let Some(Ok(msg)) = session.recv().await {
             if session.send(msg).await.is_err() {
                 break;
@@ -114,7 +114,7 @@ fn client(addr: std::net::SocketAddr) -> (tether::session::SessionBuilder, Log) 
     (builder, log)
 }
 
-async fn recv_text(session: &mut SessionHandle) -> String {
+async fn recv_text(session: &SessionHandle) -> String {
     match timeout(GUARD, session.recv())
         .await
         .expect("recv timed out")
@@ -128,7 +128,7 @@ async fn recv_text(session: &mut SessionHandle) -> String {
 async fn a_session_echoes_in_order_and_a_graceful_close_ends_it_on_both_ends() {
     let server = echo_server(SessionServerConfig::default(), None).await;
     let (builder, log) = client(server.addr);
-    let mut session = builder.start();
+    let session = builder.start();
     for i in 0..100 {
         session.send(format!("m{i}")).await.unwrap();
     }
@@ -137,7 +137,7 @@ async fn a_session_echoes_in_order_and_a_graceful_close_ends_it_on_both_ends() {
         .await
         .unwrap();
     for i in 0..100 {
-        assert_eq!(recv_text(&mut session).await, format!("m{i}"));
+        assert_eq!(recv_text(&session).await, format!("m{i}"));
     }
     match timeout(GUARD, session.recv()).await.unwrap() {
         Some(Ok(Message::Binary(b))) => assert_eq!(&b[..], [0, 1, 2], "binary kept its bytes"),
@@ -209,7 +209,7 @@ async fn an_unknown_session_is_lost_with_the_messages_never_acknowledged() {
     let second = echo_server(SessionServerConfig::default(), None).await;
     let proxy = ChaosProxy::start(first.addr).await;
     let (builder, log) = client(proxy.addr());
-    let mut session = builder.start();
+    let session = builder.start();
     for i in 0..3 {
         session.send(format!("unacked {i}")).await.unwrap();
     }
@@ -254,7 +254,7 @@ async fn configured_to_go_on_a_client_starts_a_new_session_after_a_loss() {
     let second = echo_server(SessionServerConfig::default(), None).await;
     let proxy = ChaosProxy::start(first.addr).await;
     let (builder, log) = client(proxy.addr());
-    let mut session = builder.on_lost(OnLost::NewSession).start();
+    let session = builder.on_lost(OnLost::NewSession).start();
     session.send("to the first server").await.unwrap();
     logged(&log, "connected 1").await;
     let old_id = session.id();
@@ -268,7 +268,7 @@ async fn configured_to_go_on_a_client_starts_a_new_session_after_a_loss() {
         other => panic!("expected SessionLost, got {other:?}"),
     }
     session.send("in the new session").await.unwrap();
-    assert_eq!(recv_text(&mut session).await, "in the new session");
+    assert_eq!(recv_text(&session).await, "in the new session");
     assert_ne!(session.id(), old_id, "the server named a new session");
     assert_eq!(
         *log.lock().unwrap(),
@@ -285,12 +285,12 @@ async fn a_session_kept_in_a_shared_store_resumes_on_another_server() {
     let second = echo_server(SessionServerConfig::default(), Some(store)).await;
     let proxy = ChaosProxy::start(first.addr).await;
     let (builder, log) = client(proxy.addr());
-    let mut session = builder.start();
+    let session = builder.start();
     for i in 0..10 {
         session.send(format!("a{i}")).await.unwrap();
     }
     for i in 0..10 {
-        assert_eq!(recv_text(&mut session).await, format!("a{i}"));
+        assert_eq!(recv_text(&session).await, format!("a{i}"));
     }
     proxy.retarget(second.addr);
     first.shutdown.shutdown();
@@ -299,7 +299,7 @@ async fn a_session_kept_in_a_shared_store_resumes_on_another_server() {
         session.send(format!("b{i}")).await.unwrap();
     }
     for i in 0..10 {
-        assert_eq!(recv_text(&mut session).await, format!("b{i}"));
+        assert_eq!(recv_text(&session).await, format!("b{i}"));
     }
     let events = log.lock().unwrap().clone();
     assert_eq!(events[0], "connected 10");
@@ -327,7 +327,7 @@ async fn a_client_whose_server_does_not_offer_sessions_fails_clearly_or_falls_ba
         }
     }));
     let (builder, _) = client(addr);
-    let mut session = builder.start();
+    let session = builder.start();
     match timeout(GUARD, session.recv()).await.unwrap() {
         Some(Err(Error::SessionsNotOffered)) => {}
         other => panic!("expected SessionsNotOffered, got {other:?}"),
@@ -335,9 +335,9 @@ async fn a_client_whose_server_does_not_offer_sessions_fails_clearly_or_falls_ba
     assert!(timeout(GUARD, session.recv()).await.unwrap().is_none());
 
     let (builder, _) = client(addr);
-    let mut session = builder.fallback_to_plain(true).start();
+    let session = builder.fallback_to_plain(true).start();
     session.send("plain").await.unwrap();
-    assert_eq!(recv_text(&mut session).await, "plain");
+    assert_eq!(recv_text(&session).await, "plain");
     assert!(!session.is_resumable());
 }
 
@@ -418,7 +418,7 @@ fn sending_server(
 ) -> (SessionServer, tokio::sync::watch::Receiver<usize>, Log) {
     let (sent_tx, sent_rx) = tokio::sync::watch::channel(0usize);
     let sent_tx = Arc::new(sent_tx);
-    let sessions = SessionServer::new(config, move |mut session| {
+    let sessions = SessionServer::new(config, move |session| {
         let sent_tx = Arc::clone(&sent_tx);
         async move {
             for i in 0..count {
@@ -590,9 +590,9 @@ async fn a_server_configured_to_end_overflowing_sessions_says_so_on_resume() {
 async fn a_second_connection_taking_the_session_over_supersedes_the_first() {
     let server = echo_server(SessionServerConfig::default(), None).await;
     let (builder, log) = client(server.addr);
-    let mut session = builder.start();
+    let session = builder.start();
     session.send("one").await.unwrap();
-    assert_eq!(recv_text(&mut session).await, "one");
+    assert_eq!(recv_text(&session).await, "one");
     let id = session.id();
     // Someone else resumes the same session.
     let mut other = tether::ClientBuilder::new(format!("ws://{}/", server.addr))

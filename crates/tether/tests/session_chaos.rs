@@ -71,7 +71,7 @@ async fn send_all(send: impl Fn(Message) -> tokio::task::JoinHandle<bool>, side:
 }
 
 /// Takes messages until all arrived, asserting each is the next one.
-async fn take_all(session: &mut SessionHandle, side: char) -> u64 {
+async fn take_all(session: &SessionHandle, side: char) -> u64 {
     let mut expected = 1;
     while expected <= MESSAGES {
         match session.recv().await {
@@ -100,7 +100,7 @@ async fn run(compression: bool) {
     // The server: takes the client's numbers and sends its own, paced, whatever the state
     // of the connection; reports what it took.
     let (taken_tx, mut taken_rx) = mpsc::unbounded_channel();
-    let sessions = SessionServer::new(SessionServerConfig::default(), move |mut session| {
+    let sessions = SessionServer::new(SessionServerConfig::default(), move |session| {
         let taken_tx = taken_tx.clone();
         async move {
             let sender = session.sender();
@@ -114,7 +114,7 @@ async fn run(compression: bool) {
                 )
                 .await;
             });
-            let taken = take_all(&mut session, 'c').await;
+            let taken = take_all(&session, 'c').await;
             sending.await.unwrap();
             // The client closes once it has everything: the session ends.
             assert!(
@@ -148,7 +148,7 @@ async fn run(compression: bool) {
             ..Backoff::default()
         })
         .min_uptime(Duration::ZERO);
-    let mut session = ClientBuilder::new(format!("ws://{}/", proxy.addr()))
+    let session = ClientBuilder::new(format!("ws://{}/", proxy.addr()))
         .config(keepalive(compression))
         .open_timeout(Duration::from_secs(2))
         .reconnecting()
@@ -207,7 +207,7 @@ async fn run(compression: bool) {
         )
         .await;
     });
-    let client_taken = timeout(GUARD, take_all(&mut session, 's'))
+    let client_taken = timeout(GUARD, take_all(&session, 's'))
         .await
         .expect("the client did not receive everything in time");
     timeout(GUARD, client_sending).await.unwrap().unwrap();
