@@ -24,8 +24,8 @@ pub(crate) fn main(args: &Args) -> io::Result<()> {
     let kind = args
         .get("impl")
         .and_then(Impl::parse)
-        .filter(|k| CLIENTS.contains(k))
-        .ok_or_else(|| io::Error::other("--impl: tether or tokio-tungstenite"))?;
+        .filter(|k| CLIENTS.contains(k) || *k == Impl::TetherSessions)
+        .ok_or_else(|| io::Error::other("--impl: tether, tether-sessions or tokio-tungstenite"))?;
     let addr = args.get("addr").ok_or_else(|| io::Error::other("--addr"))?;
     let url = format!("ws://{addr}/");
     let conns: usize = args.parse_or("conns", 10)?;
@@ -48,6 +48,18 @@ pub(crate) fn main(args: &Args) -> io::Result<()> {
                 for ws in opened {
                     let ws = ws.map_err(io::Error::other)?;
                     let task = tether_client(ws, payload.clone(), inflight, shared.clone());
+                    tokio::task::spawn_local(task);
+                }
+            }
+            Impl::TetherSessions => {
+                // Sessions are opened one after the other, each up before the next, as the
+                // connections above are.
+                for _ in 0..conns {
+                    let session = tether::ClientBuilder::new(url.clone())
+                        .config(tether::Config::default().compression(None))
+                        .session()
+                        .start();
+                    let task = session_client(session, payload.clone(), inflight, shared.clone());
                     tokio::task::spawn_local(task);
                 }
             }
@@ -98,6 +110,41 @@ async fn tether_client(
         }
         sent.push_back(now);
         if let Err(e) = ws.send(msg).await {
+            return shared.error(e);
+        }
+    }
+}
+
+/// As [`tether_client`], over a resumable session (both ends number, keep and acknowledge
+/// every message).
+async fn session_client(
+    session: tether::session::SessionHandle,
+    payload: Vec<u8>,
+    inflight: usize,
+    shared: Rc<Shared>,
+) {
+    let mut sent = VecDeque::with_capacity(inflight);
+    for _ in 0..inflight {
+        sent.push_back(Instant::now());
+        if let Err(e) = session.send(tether::Message::binary(payload.clone())).await {
+            return shared.error(e);
+        }
+    }
+    loop {
+        let msg = match session.recv().await {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => return shared.error(e),
+            None => return shared.error("closed"),
+        };
+        let now = Instant::now();
+        if let Some(start) = sent.pop_front() {
+            shared.complete(start, now);
+        }
+        if shared.stopped() {
+            return;
+        }
+        sent.push_back(now);
+        if let Err(e) = session.send(msg).await {
             return shared.error(e);
         }
     }

@@ -243,18 +243,28 @@ async fn handshake_once(addr: &str, raw: bool) -> io::Result<()> {
 /// `bench idle --addr A --conns N [--raw]`: opens the connections (upgraded unless `--raw`),
 /// prints `READY ok=N errors=E` and holds them until standard input closes.
 pub(crate) fn idle(args: &Args) -> io::Result<()> {
-    args.only(&["addr", "conns", "raw", "cpu"])?;
+    args.only(&["addr", "conns", "raw", "session", "cpu"])?;
     let addr = args
         .get("addr")
         .ok_or_else(|| io::Error::other("--addr"))?
         .to_owned();
     let conns: usize = args.parse_or("conns", 10_000)?;
     let raw = args.flag("raw");
+    let session = args.flag("session");
     run_local(args, async move {
         let mut open = Vec::with_capacity(conns);
         let mut errors = 0;
         let mut first_error = None;
-        for r in open_many(&addr, conns, raw).await {
+        let opened = if session {
+            stream::iter(0..conns)
+                .map(|_| wire::open_session(&addr, MASK_KEY))
+                .buffered(OPEN_CONCURRENCY)
+                .collect()
+                .await
+        } else {
+            open_many(&addr, conns, raw).await
+        };
+        for r in opened {
             match r {
                 Ok((tcp, _)) => open.push(tcp),
                 Err(e) => {

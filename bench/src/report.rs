@@ -11,7 +11,10 @@ use std::path::Path;
 
 use crate::clients::CLIENTS;
 use crate::micro::MicroResult;
-use crate::run::{Deflater, Results, Settings, COMPRESSION_WORKLOADS, WORKLOADS};
+use crate::run::{
+    Deflater, MemorySample, Results, Settings, COMPRESSION_WORKLOADS, SESSION_MODES,
+    SESSION_WORKLOADS, WORKLOADS,
+};
 use crate::servers::Impl;
 use crate::stats::Outcome;
 
@@ -423,6 +426,7 @@ fn markdown(settings: &Settings, results: &Results, echo: &EchoTable, chart: boo
     memory_section(&mut md, results, settings);
     broadcast_section(&mut md, results, settings);
     compression_section(&mut md, results);
+    sessions_section(&mut md, results, settings);
     micro_section(&mut md, &results.micro);
     if !results.failures.is_empty() {
         let _ = writeln!(md, "### Problems during the run\n");
@@ -947,6 +951,82 @@ fn memory_section(md: &mut String, results: &Results, settings: &Settings) {
             bytes(before),
             bytes(after),
             ratio(Some(per / best)),
+        );
+    }
+    md.push('\n');
+}
+
+fn sessions_section(md: &mut String, results: &Results, settings: &Settings) {
+    let table = summarize(&results.sessions);
+    if table.is_empty() && results.session_memory.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "### Resumable sessions\n");
+    let _ = writeln!(
+        md,
+        "tether's client against tether's echo server, without and with resumable sessions \
+         (both ends number every message, keep it until acknowledged, and acknowledge every 32 \
+         messages or 100 ms), in alternation in one run. Aim: sessions ≥ 0.9× plain.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| Workload | Mode | msgs/s | min–max | p50 µs | p99 µs | × plain |\n\
+         |---|---|--:|--:|--:|--:|--:|"
+    );
+    for &w in &SESSION_WORKLOADS {
+        let base = table.get(&(w, "plain"));
+        for (mode, _) in SESSION_MODES {
+            let Some(s) = table.get(&(w, mode)) else {
+                continue;
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {mode} | {}{} | {}–{} | {} | {} | {} |",
+                WORKLOADS[w].label,
+                thousands(s.median),
+                warn(s),
+                thousands(s.min),
+                thousands(s.max),
+                micros(s.p50_ns),
+                micros(s.p99_ns),
+                ratio(base.map(|b| s.median / b.median)),
+            );
+        }
+    }
+    md.push('\n');
+    let per = |mode: &str| -> Option<(f64, f64, f64)> {
+        let runs = results.session_memory.get(mode)?;
+        let v: Vec<f64> = runs.iter().map(MemorySample::per_conn).collect();
+        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Some((median(&v), min, max))
+    };
+    let plain = per("plain");
+    if plain.is_none() && per("sessions").is_none() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Memory per idle connection of the same server: {} plain connections, and as many \
+         resumable sessions (upgraded, HELLO and WELCOME exchanged, nothing buffered). Aim: a \
+         session ≤ 2× a plain connection.\n",
+        thousands(settings.idle_conns as f64)
+    );
+    let _ = writeln!(
+        md,
+        "| Mode | per connection | min–max | × plain |\n|---|--:|--:|--:|"
+    );
+    for (mode, _) in SESSION_MODES {
+        let Some((m, min, max)) = per(mode) else {
+            continue;
+        };
+        let _ = writeln!(
+            md,
+            "| {mode} | {} | {}–{} | {} |",
+            bytes(m),
+            bytes(min),
+            bytes(max),
+            ratio(plain.map(|p| m / p.0)),
         );
     }
     md.push('\n');

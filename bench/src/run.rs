@@ -171,15 +171,25 @@ impl Settings {
     }
 }
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "echo",
     "client",
     "handshakes",
     "memory",
     "broadcast",
     "compression",
+    "sessions",
     "micro",
 ];
+
+/// The sessions section's workloads (indices into [`WORKLOADS`]): 1 KiB with one and with
+/// 16 messages in flight.
+pub(crate) const SESSION_WORKLOADS: [usize; 2] = [1, 2];
+
+/// The two sides of the sessions section: tether's client and server without and with
+/// resumable sessions.
+pub(crate) const SESSION_MODES: [(&str, Impl); 2] =
+    [("plain", Impl::Tether), ("sessions", Impl::TetherSessions)];
 
 pub(crate) const HELP: &str = "\
 bench: comparative benchmarks of tether (see docs/benchmarks.md)
@@ -199,7 +209,7 @@ bench: comparative benchmarks of tether (see docs/benchmarks.md)
   --broadcast-outstanding N   messages the broadcast sender keeps out (default 8)
   --python PATH        Python with `websockets` (default .venv-test/bin/python, else python3)
   --only LIST          comma-separated sections: echo,client,handshakes,memory,broadcast,
-                       compression,micro
+                       compression,sessions,micro
   --servers LIST       comma-separated servers (default all): tether,tether-axum,
                        tokio-tungstenite,fastwebsockets,tokio-websockets,raw-tcp,node-ws,
                        python-websockets (each section runs those of its own among them)
@@ -211,9 +221,10 @@ bench: comparative benchmarks of tether (see docs/benchmarks.md)
 Modes used by the orchestrator (this same binary):
   server --impl NAME [--addr A] [--cpu N]
   load --addr A --conns N --size B --inflight K --warmup S --duration S [--raw] [--cpu N]
-  client --impl tether|tokio-tungstenite --addr A --conns N --size B --inflight K ...
+  client --impl tether|tether-sessions|tokio-tungstenite --addr A --conns N --size B
+         --inflight K ...
   handshakes --addr A [--concurrency C] --warmup S --duration S [--cpu N]
-  idle --addr A --conns N [--raw] [--cpu N]
+  idle --addr A --conns N [--raw | --session] [--cpu N]
   server --impl NAME --broadcast | --deflate-level L ...
   broadcast --addr A --receivers N --size B --outstanding K --warmup S --duration S [--cpu N]
   deflate-load --addr A --conns N --size B --inflight K --warmup S --duration S
@@ -329,6 +340,11 @@ pub(crate) struct Results {
     pub(crate) broadcast: BTreeMap<(usize, &'static str), Vec<Outcome>>,
     /// (compression workload index, server label) → runs.
     pub(crate) compression: BTreeMap<(usize, String), Vec<Outcome>>,
+    /// (workload index, "plain" or "sessions") → runs of tether's client against tether's
+    /// server, without and with resumable sessions.
+    pub(crate) sessions: BTreeMap<(usize, &'static str), Vec<Outcome>>,
+    /// "plain" or "sessions" → idle connection counts.
+    pub(crate) session_memory: BTreeMap<&'static str, Vec<MemorySample>>,
     /// Versions of the peers outside Rust, as found when they ran.
     pub(crate) external_versions: Vec<String>,
     pub(crate) micro: Vec<micro::MicroResult>,
@@ -382,6 +398,9 @@ fn run_all(s: &Settings) -> io::Result<()> {
     }
     if s.section("compression") {
         run_compression(s, &mut results)?;
+    }
+    if s.section("sessions") {
+        run_sessions(s, &mut results)?;
     }
     results.load_after = report::load_average();
     if s.section("micro") {
@@ -792,6 +811,75 @@ fn run_compression(s: &Settings, results: &mut Results) -> io::Result<()> {
     Ok(())
 }
 
+/// tether's client against tether's server, plain and with resumable sessions, in
+/// alternation; then memory per idle connection and per idle session.
+fn run_sessions(s: &Settings, results: &mut Results) -> io::Result<()> {
+    eprintln!("sessions: plain against resumable");
+    let mut servers = Vec::new();
+    for (mode, kind) in SESSION_MODES {
+        servers.push((mode, ServerProcess::start(kind.name(), s.server_cpu)?));
+    }
+    for r in 0..s.repeats {
+        for &wi in &SESSION_WORKLOADS {
+            let w = WORKLOADS[wi];
+            for (mode, kind) in rotated(&SESSION_MODES, r) {
+                let Some((_, server)) = servers.iter().find(|(m, _)| *m == mode) else {
+                    continue;
+                };
+                let client = if kind == Impl::TetherSessions {
+                    Impl::TetherSessions
+                } else {
+                    Impl::Tether
+                };
+                let mut args: Vec<String> = [
+                    "client",
+                    "--impl",
+                    client.name(),
+                    "--addr",
+                    &server.addr,
+                    "--conns",
+                    &w.conns.to_string(),
+                    "--size",
+                    &w.size.to_string(),
+                    "--inflight",
+                    &w.inflight.to_string(),
+                ]
+                .map(str::to_owned)
+                .to_vec();
+                args.extend(timing_args(s));
+                let what = format!("[{}/{}] {mode} {}", r + 1, s.repeats, w.label);
+                let outcome = run_child(args, s);
+                let runs = results.sessions.entry((wi, mode)).or_default();
+                record(&mut results.failures, runs, what, outcome);
+            }
+        }
+    }
+    for (_, server) in servers {
+        server.stop();
+    }
+    for r in 0..s.memory_repeats {
+        for (mode, kind) in rotated(&SESSION_MODES, r) {
+            let what = format!("[{}/{}] {mode} memory", r + 1, s.memory_repeats);
+            match memory_once(s, kind) {
+                Ok(m) => {
+                    eprintln!("  {what}: {:.0} B per connection", m.per_conn());
+                    if m.errors > 0 {
+                        results
+                            .failures
+                            .push(format!("{what}: {} connections failed", m.errors));
+                    }
+                    results.session_memory.entry(mode).or_default().push(m);
+                }
+                Err(e) => {
+                    eprintln!("  {what}: FAILED: {e}");
+                    results.failures.push(format!("{what}: {e}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn memory_once(s: &Settings, kind: Impl) -> io::Result<MemorySample> {
     let server = ServerProcess::start(kind.name(), s.server_cpu)?;
     std::thread::sleep(Duration::from_millis(300));
@@ -809,6 +897,9 @@ fn memory_once(s: &Settings, kind: Impl) -> io::Result<MemorySample> {
     .to_vec();
     if kind == Impl::Raw {
         args.push("--raw".into());
+    }
+    if kind == Impl::TetherSessions {
+        args.push("--session".into());
     }
     let mut idle = Child::spawn(&args)?;
     let line = idle.wait_line("READY ", Duration::from_secs(300))?;

@@ -33,6 +33,9 @@ pub(crate) enum Impl {
     NodeWs,
     /// Python's `websockets` (`bench/python/echo.py`), compression section only.
     PythonWebsockets,
+    /// tether's echo with resumable sessions (`tether::session::SessionServer`), sessions
+    /// section only.
+    TetherSessions,
 }
 
 impl Impl {
@@ -86,13 +89,14 @@ impl Impl {
             Self::Axum => "tether-axum",
             Self::NodeWs => "node-ws",
             Self::PythonWebsockets => "python-websockets",
+            Self::TetherSessions => "tether-sessions",
         }
     }
 
     pub(crate) fn parse(s: &str) -> Option<Self> {
         Self::SELECTABLE
             .into_iter()
-            .chain([Self::FrameEcho])
+            .chain([Self::FrameEcho, Self::TetherSessions])
             .find(|i| i.name() == s)
     }
 
@@ -157,6 +161,17 @@ async fn serve(
     println!("LISTENING {}", listener.local_addr()?);
     let tether_config =
         tether::ServerConfig::default().config(tether::Config::default().compression(compression));
+    let sessions = tether::session::SessionServer::new(
+        tether::session::SessionServerConfig::default(),
+        |session| async move {
+            while let Some(Ok(msg)) = session.recv().await {
+                if session.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        },
+    );
+    let session_config = sessions.server_config(tether_config.clone());
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -170,6 +185,15 @@ async fn serve(
         match kind {
             Impl::Raw => tokio::spawn(raw_echo(tcp)),
             Impl::Tether => tokio::spawn(tether_echo(tcp, tether_config.clone())),
+            Impl::TetherSessions => {
+                let sessions = sessions.clone();
+                let config = session_config.clone();
+                tokio::spawn(async move {
+                    if let Ok(Some((ws, _))) = tether::accept(tcp, &config).await {
+                        sessions.serve(ws).await;
+                    }
+                })
+            }
             Impl::Tungstenite => tokio::spawn(tungstenite_echo(tcp)),
             Impl::FastWebSockets => tokio::spawn(fastwebsockets_connection(tcp)),
             Impl::TokioWebsockets => tokio::spawn(tokio_websockets_echo(tcp)),

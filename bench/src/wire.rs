@@ -32,6 +32,48 @@ pub(crate) async fn open(addr: &str, raw: bool) -> io::Result<(TcpStream, Vec<u8
     Ok((tcp, extra))
 }
 
+/// Connects to `addr` and opens a resumable session on it: the upgrade offering the resume
+/// subprotocol, a masked HELLO for a new session, and the server's WELCOME read (the
+/// connection is then an idle session).
+pub(crate) async fn open_session(addr: &str, key: [u8; 4]) -> io::Result<(TcpStream, Vec<u8>)> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let protocol = format!(
+        "Sec-WebSocket-Protocol: {}\r\n",
+        tether::session::SUBPROTOCOL
+    );
+    let (head, mut extra) = handshake_with(&mut tcp, addr, &protocol, true).await?;
+    if !String::from_utf8_lossy(&head).contains(tether::session::SUBPROTOCOL) {
+        return Err(io::Error::other(
+            "the server did not select the resume subprotocol",
+        ));
+    }
+    let hello = tether::proto::session::Control::Hello {
+        id: None,
+        delivered: 0,
+    }
+    .encode();
+    let mut frame = vec![0x82, 0x80 | hello.len() as u8];
+    frame.extend_from_slice(&key);
+    frame.extend(hello.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    tcp.write_all(&frame).await?;
+    // WELCOME: a 2-byte header and 28 bytes (no reason).
+    let mut buf = [0u8; 64];
+    while extra.len() < 30 {
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no WELCOME"))??;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        extra.extend_from_slice(&buf[..n]);
+    }
+    if extra[0] != 0x82 || extra.get(2) != Some(&0x03) {
+        return Err(io::Error::other("expected WELCOME"));
+    }
+    Ok((tcp, Vec::new()))
+}
+
 /// Sends the upgrade request and reads the response head; fails unless it is a 101 when
 /// `expect_101` (the raw TCP echo answers with the request itself).
 pub(crate) async fn handshake(

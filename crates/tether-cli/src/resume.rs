@@ -114,7 +114,13 @@ async fn finish(
             received = session.recv() => match received {
                 Some(Ok(msg)) => out.message(&msg),
                 Some(Err(_)) => return EXIT_FATAL,
-                None => return EXIT_OK,
+                // The session ended: our close finished (or the server closed first). The
+                // close future is ready either way; report it the same.
+                None => {
+                    let closed = (&mut close).await;
+                    out.closed(Some(tether::close_code::NORMAL), "", closed.as_ref().err());
+                    return if closed.is_ok() { EXIT_OK } else { EXIT_FATAL };
+                }
             },
             Some(InputEvent::Interrupt) = input.recv() => return EXIT_INTERRUPTED,
         }

@@ -647,6 +647,65 @@ impl Connection {
         Ok(())
     }
 
+    /// As [`send_message`](Self::send_message), for a payload in two parts: `prefix`
+    /// (a few bytes, such as a protocol's marker) then `payload`, sent as one message
+    /// without joining them first (when compressed, they are joined for the compressor).
+    pub fn send_message_prefixed(
+        &mut self,
+        opcode: OpCode,
+        prefix: &[u8],
+        payload: Bytes,
+        compress: bool,
+    ) -> Result<(), SendError> {
+        if prefix.is_empty() {
+            return self.send_message(opcode, payload, compress);
+        }
+        self.check_message(opcode)?;
+        let len = prefix.len() + payload.len();
+        if compress
+            && self
+                .deflate
+                .as_deref()
+                .is_some_and(|codec| len >= codec.min_size)
+        {
+            let mut joined = Vec::with_capacity(len);
+            joined.extend_from_slice(prefix);
+            joined.extend_from_slice(&payload);
+            return self.send_message(opcode, Bytes::from(joined), true);
+        }
+        self.compact_out();
+        let mask = self.new_mask();
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut head, true, false, opcode, mask, len as u64);
+        self.out.extend_from_slice(&head[..n]);
+        let start = self.out.len();
+        self.out.extend_from_slice(prefix);
+        if payload.len() < OWNED_MIN {
+            self.out.extend_from_slice(&payload);
+            if let Some(key) = mask {
+                apply_mask(&mut self.out[start..], key, 0);
+            }
+            return Ok(());
+        }
+        let data = match mask {
+            None => payload,
+            Some(key) => {
+                apply_mask(&mut self.out[start..], key, 0);
+                let mut data = payload
+                    .try_into_mut()
+                    .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
+                apply_mask(&mut data, key, prefix.len());
+                data.freeze()
+            }
+        };
+        self.owned.push_back(OwnedPayload {
+            at: self.out.len(),
+            data,
+            pos: 0,
+        });
+        Ok(())
+    }
+
     /// Queues a message prepared once for many connections (see [`PreparedMessage`]): the
     /// payload is shared, not copied, and when permessage-deflate is in use without context
     /// takeover in this direction, it is compressed once for every connection that agreed on

@@ -385,7 +385,8 @@ pub struct Session {
     ack_told: u64,
     ack_deadline: Option<Instant>,
     up: bool,
-    transmit: VecDeque<(OpCode, Bytes)>,
+    /// Messages for the connection: opcode, whether the data marker goes first, payload.
+    transmit: VecDeque<(OpCode, bool, Bytes)>,
 }
 
 impl Session {
@@ -504,7 +505,7 @@ impl Session {
         self.sent += 1;
         self.unacked_bytes += payload.len();
         if self.up {
-            self.transmit.push_back(wire(kind, &payload));
+            self.transmit.push_back(wire(kind, payload.clone()));
         }
         self.unacked.push_back((kind, payload));
         Ok(self.sent)
@@ -518,7 +519,7 @@ impl Session {
         self.up = true;
         self.transmit.clear();
         for (kind, payload) in &self.unacked {
-            self.transmit.push_back(wire(*kind, payload));
+            self.transmit.push_back(wire(*kind, payload.clone()));
         }
         // The handshake told the peer our delivered count.
         self.ack_told = self.delivered;
@@ -581,8 +582,37 @@ impl Session {
     }
 
     /// The next WebSocket message to write to the connection.
+    /// (A binary message is copied once to put the data marker in front of it; a driver
+    /// that can write a frame from two parts uses
+    /// [`poll_transmit_parts`](Self::poll_transmit_parts) instead.)
     pub fn poll_transmit(&mut self) -> Option<(OpCode, Bytes)> {
-        self.transmit.pop_front()
+        let (opcode, prefix, payload) = self.poll_transmit_parts()?;
+        if prefix.is_empty() {
+            return Some((opcode, payload));
+        }
+        let mut framed = BytesMut::with_capacity(prefix.len() + payload.len());
+        framed.put_slice(prefix);
+        framed.put_slice(&payload);
+        Some((opcode, framed.freeze()))
+    }
+
+    /// The next WebSocket message to write, as its opcode and two parts of its payload: a
+    /// prefix (the data marker of a binary message, or nothing) and the payload itself,
+    /// shared with the application's message, not copied.
+    pub fn poll_transmit_parts(&mut self) -> Option<(OpCode, &'static [u8], Bytes)> {
+        let (opcode, marker, payload) = self.transmit.pop_front()?;
+        let prefix: &'static [u8] = if marker { &[DATA] } else { &[] };
+        Some((opcode, prefix, payload))
+    }
+
+    /// Sends the acknowledgement now if other messages are about to be written anyway and
+    /// some deliveries are not yet acknowledged: on a busy connection the ACK then rides in
+    /// a write that happens anyway, and the timer is not needed. Call before draining
+    /// [`poll_transmit`](Self::poll_transmit).
+    pub fn piggyback_ack(&mut self) {
+        if !self.transmit.is_empty() && self.ack_told != self.delivered {
+            self.queue_ack();
+        }
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) has work (the acknowledgement timer).
@@ -614,7 +644,8 @@ impl Session {
             let ack = Control::Ack {
                 delivered: self.delivered,
             };
-            self.transmit.push_back((OpCode::Binary, ack.encode()));
+            self.transmit
+                .push_back((OpCode::Binary, false, ack.encode()));
         }
     }
 
@@ -643,14 +674,9 @@ impl Session {
 }
 
 /// An application message as it goes on the wire: text as is, binary behind the data marker.
-fn wire(kind: Kind, payload: &Bytes) -> (OpCode, Bytes) {
+fn wire(kind: Kind, payload: Bytes) -> (OpCode, bool, Bytes) {
     match kind {
-        Kind::Text => (OpCode::Text, payload.clone()),
-        Kind::Binary => {
-            let mut framed = BytesMut::with_capacity(payload.len() + 1);
-            framed.put_u8(DATA);
-            framed.put_slice(payload);
-            (OpCode::Binary, framed.freeze())
-        }
+        Kind::Text => (OpCode::Text, false, payload),
+        Kind::Binary => (OpCode::Binary, true, payload),
     }
 }

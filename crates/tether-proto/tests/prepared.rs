@@ -198,3 +198,37 @@ fn prepared_messages_are_refused_after_close() {
         .send_prepared(&PreparedMessage::text("late"), true)
         .is_err());
 }
+
+#[test]
+fn a_message_sent_in_two_parts_arrives_as_one_in_either_direction() {
+    let now = Instant::now();
+    let params = agreed(&DeflateConfig::default());
+    for size in [0usize, 1, 125, 126, 4000, 9000, 70_000] {
+        let payload = Bytes::from(json_like(size / 20 + 1).into_bytes()[..size].to_vec());
+        let mut want = vec![0x00];
+        want.extend_from_slice(&payload);
+        for compress in [false, true] {
+            let (mut server, mut client) = deflate_pair(params, 6, now);
+            // Held elsewhere too, so masking must not change it in place.
+            let kept = payload.clone();
+            client
+                .send_message_prefixed(OpCode::Binary, &[0x00], payload.clone(), compress)
+                .unwrap();
+            server
+                .send_message_prefixed(OpCode::Binary, &[0x00], payload.clone(), compress)
+                .unwrap();
+            for events in [
+                deliver(&mut client, &mut server, now),
+                deliver(&mut server, &mut client, now),
+            ] {
+                match events.as_slice() {
+                    [Event::Binary(got)] => {
+                        assert_eq!(&got[..], &want[..], "{size} bytes, compress {compress}")
+                    }
+                    other => panic!("{size} bytes: {other:?}"),
+                }
+            }
+            assert_eq!(kept, payload, "the shared payload is untouched");
+        }
+    }
+}

@@ -500,3 +500,34 @@ fn a_client_names_its_session_when_the_server_does() {
         Some((OpCode::Text, Bytes::from_static(b"early")))
     );
 }
+
+#[test]
+fn an_acknowledgement_rides_along_with_data_going_out_anyway() {
+    let config = SessionConfig {
+        ack_every: 100,
+        ..SessionConfig::default()
+    };
+    let mut pair = Pair::new(&config);
+    pair.client.send();
+    pair.pump(1);
+    let now = pair.now;
+    pair.server.take(1, now);
+    assert!(
+        pair.server.session.poll_timeout().is_some(),
+        "the timer runs"
+    );
+    // Nothing to write: no ACK yet.
+    pair.server.session.piggyback_ack();
+    assert!(pair.server.session.poll_transmit().is_none());
+    // A reply goes out: the ACK goes with it, and the timer is off.
+    pair.server.send();
+    pair.server.session.piggyback_ack();
+    let first = pair.server.session.poll_transmit().unwrap();
+    let second = pair.server.session.poll_transmit().unwrap();
+    assert_eq!(
+        Control::decode(&second.1).ok(),
+        Some(Control::Ack { delivered: 1 })
+    );
+    assert_eq!(first.0, OpCode::Text, "the reply itself");
+    assert!(pair.server.session.poll_timeout().is_none());
+}

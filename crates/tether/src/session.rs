@@ -340,8 +340,11 @@ impl Shared {
             id,
             reason: &reason,
         });
-        if let Some(registry) = self.registry.as_ref().and_then(Weak::upgrade) {
-            registry.forget(id, &reason);
+        // A plain client's handle was never registered or stored.
+        if st.resume {
+            if let Some(registry) = self.registry.as_ref().and_then(Weak::upgrade) {
+                registry.forget(id, &reason);
+            }
         }
     }
 }
@@ -389,14 +392,22 @@ async fn send_on(shared: &Shared, msg: Message) -> Result<()> {
         Message::Binary(b) => (Kind::Binary, b.clone()),
     };
     let mut msg = Some(msg);
+    // The first try registers no waiter: most sends find room.
+    let mut first = true;
     loop {
         let notified = shared.to_send.notified();
         tokio::pin!(notified);
-        notified.as_mut().enable();
+        if !first {
+            notified.as_mut().enable();
+        }
         let step = {
             let mut st = shared.lock();
             try_send(shared, &mut st, kind, &payload, &mut msg)
         };
+        if std::mem::take(&mut first) && matches!(step, SendStep::Full) {
+            // Register, then look again: room made meanwhile is not missed.
+            continue;
+        }
         match step {
             SendStep::Sent => return Ok(()),
             SendStep::Away(registry, id, snapshot) => {
@@ -509,31 +520,16 @@ impl SessionHandle {
     /// **Cancel safety:** cancel-safe.
     pub async fn recv(&self) -> Option<Result<Message>> {
         let shared = &*self.shared;
+        // Fast path: a message is waiting (no waiter registered).
+        if let Some(ready) = try_recv(shared, &mut shared.lock()) {
+            return ready;
+        }
         loop {
             let notified = shared.to_recv.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut st = shared.lock();
-                if let Some(e) = st.errors.pop_front() {
-                    return Some(Err(e));
-                }
-                if st.resume {
-                    let timer_before = st.session.poll_timeout();
-                    if let Some((kind, payload)) = st.session.poll_message(now()) {
-                        if st.session.has_transmit()
-                            || (timer_before.is_none() && st.session.poll_timeout().is_some())
-                        {
-                            shared.to_link.notify_waiters();
-                        }
-                        return Some(Ok(to_message(kind, payload)));
-                    }
-                } else if let Some(msg) = st.plain_in.pop_front() {
-                    return Some(Ok(msg));
-                }
-                if st.ended.is_some() {
-                    return None;
-                }
+            if let Some(ready) = try_recv(shared, &mut shared.lock()) {
+                return ready;
             }
             notified.await;
         }
@@ -584,6 +580,27 @@ impl SessionHandle {
     }
 }
 
+/// What `recv` returns now, if anything (`None`: wait).
+fn try_recv(shared: &Shared, st: &mut State) -> Option<Option<Result<Message>>> {
+    if let Some(e) = st.errors.pop_front() {
+        return Some(Some(Err(e)));
+    }
+    if st.resume {
+        let timer_before = st.session.poll_timeout();
+        if let Some((kind, payload)) = st.session.poll_message(now()) {
+            if st.session.has_transmit()
+                || (timer_before.is_none() && st.session.poll_timeout().is_some())
+            {
+                shared.to_link.notify_waiters();
+            }
+            return Some(Some(Ok(to_message(kind, payload))));
+        }
+    } else if let Some(msg) = st.plain_in.pop_front() {
+        return Some(Some(Ok(msg)));
+    }
+    st.ended.is_some().then_some(None)
+}
+
 /// Asks the link to close with 1000; with no link up, ends the session here.
 fn request_close(shared: &Shared, st: &mut State) {
     if st.closing.is_none() {
@@ -617,13 +634,6 @@ fn to_message(kind: Kind, payload: tether_proto::Bytes) -> Message {
     }
 }
 
-fn wire_message(op: OpCode, payload: tether_proto::Bytes) -> Message {
-    match op {
-        OpCode::Text => to_message(Kind::Text, payload),
-        _ => Message::Binary(payload),
-    }
-}
-
 // ----- one connection carrying the session -----
 
 /// How a link ended.
@@ -652,11 +662,20 @@ impl LinkEnd {
 
 /// Carries the session over one connection until it ends: writes what the session queues,
 /// feeds it what arrives, runs its acknowledgement timer.
-async fn run_link<S>(shared: &Shared, ws: WebSocket<S>, gen: u64) -> LinkEnd
+fn run_link<S>(shared: &Shared, ws: WebSocket<S>, gen: u64) -> impl Future<Output = LinkEnd> + '_
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    // Split before the future is made: it then holds the two halves, not the connection
+    // (which would stay part of its size for the connection's life).
+    let (tx, rx) = ws.split();
+    link(shared, tx, rx, gen)
+}
+
+async fn link<S>(shared: &Shared, mut tx: WsSender<S>, mut rx: WsReceiver<S>, gen: u64) -> LinkEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut tx, mut rx) = ws.split();
     let end = {
         let write = write_loop(shared, &mut tx, gen);
         let read = read_loop(shared, &mut rx, gen);
@@ -701,11 +720,15 @@ where
                 };
             }
             if st.resume {
-                while let Some((op, payload)) = st.session.poll_transmit() {
-                    batch.push(wire_message(op, payload));
+                st.session.piggyback_ack();
+                while let Some(part) = st.session.poll_transmit_parts() {
+                    batch.push(part);
                 }
             } else {
-                batch.extend(st.plain_out.drain(..));
+                batch.extend(st.plain_out.drain(..).map(|m| match m {
+                    Message::Text(t) => (OpCode::Text, &[][..], t.into_bytes()),
+                    Message::Binary(b) => (OpCode::Binary, &[][..], b),
+                }));
             }
             let deadline = st.session.poll_timeout();
             (deadline, if closed { None } else { st.closing.clone() })
@@ -716,8 +739,8 @@ where
             batch.clear();
         }
         let wrote = !batch.is_empty();
-        for msg in batch.drain(..) {
-            if let Err(e) = tx.feed(msg).await {
+        for (opcode, prefix, payload) in batch.drain(..) {
+            if let Err(e) = tx.feed_parts(opcode, prefix, payload).await {
                 return LinkEnd::Failed(e);
             }
         }
@@ -1522,7 +1545,26 @@ impl SessionServer {
     /// Carries a session over this connection until the connection ends: a new one (the
     /// handler starts), or the one the client resumes. Returns when the connection is over;
     /// the session may live on, waiting for its client.
-    pub async fn serve<S>(&self, mut ws: WebSocket<S>)
+    pub fn serve<S>(&self, ws: WebSocket<S>) -> impl Future<Output = ()> + Send + '_
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // Each phase is boxed, and the connection moves into the first box at once: what
+        // the connection's task holds for as long as the connection lives is only the
+        // link's state, not the handshake's nor a slot for the connection itself.
+        let open = Box::pin(self.open(ws));
+        async move {
+            let Some((shared, gen, ws)) = open.await else {
+                return;
+            };
+            let end = Box::pin(run_link(&shared, ws, gen)).await;
+            Box::pin(self.went_away(&shared, gen, &end)).await;
+        }
+    }
+
+    /// The opening of a connection: the resume handshake (for a resumable client), the
+    /// session it carries, and the connection, ready for the link.
+    async fn open<S>(&self, mut ws: WebSocket<S>) -> Option<(Arc<Shared>, u64, WebSocket<S>)>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -1537,21 +1579,19 @@ impl SessionServer {
                 1
             };
             self.spawn_handler(&shared);
-            let end = run_link(&shared, ws, gen).await;
-            finish_link(&shared, gen, &end);
-            return;
+            return Some((shared, gen, ws));
         }
         let within = registry.config.handshake_timeout;
         let (asked, peer_delivered) = match read_control(&mut ws, within).await {
             Ok(Control::Hello { id, delivered }) => (id, delivered),
             Ok(_) => {
                 let _ = ws.close(close_code::PROTOCOL_ERROR, "HELLO expected").await;
-                return;
+                return None;
             }
             Err(why) => {
                 tracing::debug!(why, "no resume handshake from the client");
                 let _ = ws.close(close_code::PROTOCOL_ERROR, "HELLO expected").await;
-                return;
+                return None;
             }
         };
         let mut reason = String::new();
@@ -1583,7 +1623,7 @@ impl SessionServer {
                         let _ = ws
                             .close(close_code::INTERNAL_ERROR, "session store unavailable")
                             .await;
-                        return;
+                        return None;
                     }
                 },
             }
@@ -1600,12 +1640,12 @@ impl SessionServer {
                         let _ = ws
                             .close(close_code::TRY_AGAIN_LATER, "session ending")
                             .await;
-                        return;
+                        return None;
                     }
                     Err(Some(e)) => {
                         tracing::warn!(error = %e, "client broke the resume protocol");
                         let _ = ws.close(e.close_code(), "resume protocol error").await;
-                        return;
+                        return None;
                     }
                 }
             }
@@ -1614,7 +1654,7 @@ impl SessionServer {
                     let _ = ws
                         .close(close_code::PROTOCOL_ERROR, "new session with deliveries")
                         .await;
-                    return;
+                    return None;
                 }
                 let id = SessionId::random();
                 let session = Session::new(id, registry.config.session.clone());
@@ -1642,10 +1682,9 @@ impl SessionServer {
         if ws.send(Message::Binary(welcome.encode())).await.is_err() {
             self.went_away(&shared, gen, &LinkEnd::Failed(Error::ConnectionClosed))
                 .await;
-            return;
+            return None;
         }
-        let end = run_link(&shared, ws, gen).await;
-        self.went_away(&shared, gen, &end).await;
+        Some((shared, gen, ws))
     }
 
     fn new_shared(&self, resume: bool, session: Session) -> Arc<Shared> {

@@ -805,6 +805,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsSender<S> {
         self.shared.lock().start_send(msg, true)
     }
 
+    /// Queues a message whose payload is `prefix` then `payload`, without joining them (the
+    /// resume protocol's binary messages: a marker byte, then the application's bytes).
+    pub(crate) async fn feed_parts(
+        &mut self,
+        opcode: OpCode,
+        prefix: &[u8],
+        payload: Bytes,
+    ) -> Result<()> {
+        poll_fn(|cx| self.shared.lock().poll_ready(cx)).await?;
+        self.shared
+            .lock()
+            .proto
+            .send_message_prefixed(opcode, prefix, payload, true)
+            .map_err(|_| Error::ConnectionClosed)
+    }
+
     /// Queues a [`PreparedMessage`] without writing it, as [`WebSocket::feed_prepared`].
     pub async fn feed_prepared(&mut self, msg: &PreparedMessage) -> Result<()> {
         poll_fn(|cx| self.shared.lock().poll_ready(cx)).await?;
