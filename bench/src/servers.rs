@@ -189,9 +189,15 @@ async fn serve(
                 let sessions = sessions.clone();
                 let config = session_config.clone();
                 tokio::spawn(async move {
-                    if let Ok(Some((ws, _))) = tether::accept(tcp, &config).await {
-                        sessions.serve(ws).await;
-                    }
+                    // The session's future is made in a block: nothing else keeps a slot
+                    // for the connection while it runs.
+                    let serving = {
+                        let Ok(Some((ws, _))) = tether::accept(tcp, &config).await else {
+                            return;
+                        };
+                        sessions.serve(ws)
+                    };
+                    serving.await;
                 })
             }
             Impl::Tungstenite => tokio::spawn(tungstenite_echo(tcp)),

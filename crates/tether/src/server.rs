@@ -546,12 +546,18 @@ impl Server {
             let handle = self.handle.clone();
             tasks.spawn(async move {
                 // Boxed so that the handshake's state does not stay part of every
-                // connection task's size once the handler runs.
-                match Box::pin(open(tcp, &config, &handle)).await {
-                    Ok(Some((ws, request))) => handler(ws, request).await,
-                    Ok(None) => {}
-                    Err(e) => tracing::debug!(%peer, error = %e, "handshake failed"),
-                }
+                // connection task's size once the handler runs; and the handler's future is
+                // made inside a block, so that the opened connection (moved into it) leaves
+                // no slot of its own in this task for the connection's life.
+                let served = match Box::pin(open(tcp, &config, &handle)).await {
+                    Ok(Some((ws, request))) => handler(ws, request),
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "handshake failed");
+                        return;
+                    }
+                };
+                served.await;
             });
         }
         // Graceful shutdown: close what is open, then wait for it.

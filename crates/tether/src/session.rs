@@ -1462,12 +1462,7 @@ impl Registry {
 /// });
 /// let config = sessions.server_config(tether::ServerConfig::default());
 /// let server = tether::Server::bind("127.0.0.1:9001", config).await?;
-/// server
-///     .serve(move |ws, _peer| {
-///         let sessions = sessions.clone();
-///         async move { sessions.serve(ws).await }
-///     })
-///     .await
+/// server.serve(move |ws, _peer| sessions.serve(ws)).await
 /// # }
 /// ```
 #[derive(Clone)]
@@ -1545,20 +1540,28 @@ impl SessionServer {
     /// Carries a session over this connection until the connection ends: a new one (the
     /// handler starts), or the one the client resumes. Returns when the connection is over;
     /// the session may live on, waiting for its client.
-    pub fn serve<S>(&self, ws: WebSocket<S>) -> impl Future<Output = ()> + Send + '_
+    ///
+    /// The future owns what it needs (not `&self`): hand it over as the connection
+    /// handler's future itself (`move |ws, _| sessions.serve(ws)`), so that no other future
+    /// keeps a slot for the connection for its whole life.
+    pub fn serve<S>(&self, ws: WebSocket<S>) -> impl Future<Output = ()> + Send + 'static
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // Each phase is boxed, and the connection moves into the first box at once: what
         // the connection's task holds for as long as the connection lives is only the
         // link's state, not the handshake's nor a slot for the connection itself.
-        let open = Box::pin(self.open(ws));
+        let server = self.clone();
+        let open = Box::pin(async move {
+            let opened = server.open(ws).await;
+            (server, opened)
+        });
         async move {
-            let Some((shared, gen, ws)) = open.await else {
+            let (server, Some((shared, gen, ws))) = open.await else {
                 return;
             };
             let end = Box::pin(run_link(&shared, ws, gen)).await;
-            Box::pin(self.went_away(&shared, gen, &end)).await;
+            Box::pin(server.went_away(&shared, gen, &end)).await;
         }
     }
 

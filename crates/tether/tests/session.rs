@@ -91,10 +91,7 @@ async fn echo_server_on(
     let addr = server.local_addr().unwrap();
     let shutdown = server.shutdown_handle();
     let serving = sessions.clone();
-    tokio::spawn(server.serve(move |ws, _| {
-        let sessions = serving.clone();
-        async move { sessions.serve(ws).await }
-    }));
+    tokio::spawn(server.serve(move |ws, _| serving.serve(ws)));
     EchoServer {
         addr,
         shutdown,
@@ -189,10 +186,7 @@ async fn sink_server() -> EchoServer {
     let addr = server.local_addr().unwrap();
     let shutdown = server.shutdown_handle();
     let serving = sessions.clone();
-    tokio::spawn(server.serve(move |ws, _| {
-        let sessions = serving.clone();
-        async move { sessions.serve(ws).await }
-    }));
+    tokio::spawn(server.serve(move |ws, _| serving.serve(ws)));
     EchoServer {
         addr,
         shutdown,

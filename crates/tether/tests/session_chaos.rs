@@ -129,10 +129,7 @@ async fn run(compression: bool) {
     let server = Server::bind("127.0.0.1:0", server_config).await.unwrap();
     let server_addr = server.local_addr().unwrap();
     let serving = sessions.clone();
-    tokio::spawn(server.serve(move |ws, _| {
-        let sessions = serving.clone();
-        async move { sessions.serve(ws).await }
-    }));
+    tokio::spawn(server.serve(move |ws, _| serving.serve(ws)));
     let proxy = ChaosProxy::start(server_addr).await;
 
     // The client.
