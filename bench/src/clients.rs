@@ -82,56 +82,63 @@ pub(crate) fn main(args: &Args) -> io::Result<()> {
     Ok(())
 }
 
+/// What the echo loop needs of a tether connection, plain or resumable.
+trait EchoConn {
+    async fn send_msg(&mut self, msg: tether::Message) -> tether::Result<()>;
+    async fn recv_msg(&mut self) -> Option<tether::Result<tether::Message>>;
+}
+
+impl EchoConn for tether::WebSocket {
+    async fn send_msg(&mut self, msg: tether::Message) -> tether::Result<()> {
+        self.send(msg).await
+    }
+    async fn recv_msg(&mut self) -> Option<tether::Result<tether::Message>> {
+        self.recv().await
+    }
+}
+
+/// Over a resumable session, both ends number, keep and acknowledge every message.
+impl EchoConn for tether::session::SessionHandle {
+    async fn send_msg(&mut self, msg: tether::Message) -> tether::Result<()> {
+        self.send(msg).await
+    }
+    async fn recv_msg(&mut self) -> Option<tether::Result<tether::Message>> {
+        self.recv().await
+    }
+}
+
 async fn tether_client(
-    mut ws: tether::WebSocket,
+    ws: tether::WebSocket,
     payload: Vec<u8>,
     inflight: usize,
     shared: Rc<Shared>,
 ) {
-    let mut sent = VecDeque::with_capacity(inflight);
-    for _ in 0..inflight {
-        sent.push_back(Instant::now());
-        if let Err(e) = ws.send(tether::Message::binary(payload.clone())).await {
-            return shared.error(e);
-        }
-    }
-    loop {
-        let msg = match ws.recv().await {
-            Some(Ok(msg)) => msg,
-            Some(Err(e)) => return shared.error(e),
-            None => return shared.error("closed"),
-        };
-        let now = Instant::now();
-        if let Some(start) = sent.pop_front() {
-            shared.complete(start, now);
-        }
-        if shared.stopped() {
-            return;
-        }
-        sent.push_back(now);
-        if let Err(e) = ws.send(msg).await {
-            return shared.error(e);
-        }
-    }
+    echo_loop(ws, payload, inflight, shared).await
 }
 
-/// As [`tether_client`], over a resumable session (both ends number, keep and acknowledge
-/// every message).
 async fn session_client(
     session: tether::session::SessionHandle,
     payload: Vec<u8>,
     inflight: usize,
     shared: Rc<Shared>,
 ) {
+    echo_loop(session, payload, inflight, shared).await
+}
+
+/// Keeps `inflight` messages out and sends every echo back as it is.
+async fn echo_loop(mut conn: impl EchoConn, payload: Vec<u8>, inflight: usize, shared: Rc<Shared>) {
     let mut sent = VecDeque::with_capacity(inflight);
     for _ in 0..inflight {
         sent.push_back(Instant::now());
-        if let Err(e) = session.send(tether::Message::binary(payload.clone())).await {
+        if let Err(e) = conn
+            .send_msg(tether::Message::binary(payload.clone()))
+            .await
+        {
             return shared.error(e);
         }
     }
     loop {
-        let msg = match session.recv().await {
+        let msg = match conn.recv_msg().await {
             Some(Ok(msg)) => msg,
             Some(Err(e)) => return shared.error(e),
             None => return shared.error("closed"),
@@ -144,7 +151,7 @@ async fn session_client(
             return;
         }
         sent.push_back(now);
-        if let Err(e) = session.send(msg).await {
+        if let Err(e) = conn.send_msg(msg).await {
             return shared.error(e);
         }
     }

@@ -506,19 +506,7 @@ fn run_echo(s: &Settings, results: &mut Results) -> io::Result<()> {
                 let Some((_, server)) = servers.iter().find(|(k, _)| *k == kind) else {
                     continue;
                 };
-                let mut args: Vec<String> = [
-                    "load",
-                    "--addr",
-                    &server.addr,
-                    "--conns",
-                    &w.conns.to_string(),
-                    "--size",
-                    &w.size.to_string(),
-                    "--inflight",
-                    &w.inflight.to_string(),
-                ]
-                .map(str::to_owned)
-                .to_vec();
+                let mut args = workload_args(&["load"], &server.addr, w);
                 if kind == Impl::Raw {
                     args.push("--raw".into());
                 }
@@ -542,22 +530,7 @@ fn run_clients(s: &Settings, results: &mut Results) -> io::Result<()> {
     for r in 0..s.repeats {
         for (wi, w) in WORKLOADS.iter().enumerate() {
             for kind in rotated(&CLIENTS, r) {
-                let mut args: Vec<String> = [
-                    "client",
-                    "--impl",
-                    kind.name(),
-                    "--addr",
-                    &server.addr,
-                    "--conns",
-                    &w.conns.to_string(),
-                    "--size",
-                    &w.size.to_string(),
-                    "--inflight",
-                    &w.inflight.to_string(),
-                ]
-                .map(str::to_owned)
-                .to_vec();
-                args.extend(timing_args(s));
+                let args = client_args(kind, &server.addr, w, s);
                 let what = format!(
                     "[{}/{}] {} client {}",
                     r + 1,
@@ -573,6 +546,58 @@ fn run_clients(s: &Settings, results: &mut Results) -> io::Result<()> {
     }
     server.stop();
     Ok(())
+}
+
+/// `head` (the mode and its own flags) followed by the address and workload `w`.
+fn workload_args(head: &[&str], addr: &str, w: &Workload) -> Vec<String> {
+    let mut args: Vec<String> = head.iter().map(|a| (*a).to_owned()).collect();
+    for (flag, value) in [
+        ("--addr", addr.to_owned()),
+        ("--conns", w.conns.to_string()),
+        ("--size", w.size.to_string()),
+        ("--inflight", w.inflight.to_string()),
+    ] {
+        args.push(flag.to_owned());
+        args.push(value);
+    }
+    args
+}
+
+/// The arguments of `bench client` with client `kind` for workload `w`.
+fn client_args(kind: Impl, addr: &str, w: &Workload, s: &Settings) -> Vec<String> {
+    let mut args = workload_args(&["client", "--impl", kind.name()], addr, w);
+    args.extend(timing_args(s));
+    args
+}
+
+/// One memory count of `kind`, printed; a failure is recorded in `failures` instead.
+fn count_memory(
+    s: &Settings,
+    kind: Impl,
+    what: &str,
+    failures: &mut Vec<String>,
+) -> Option<MemorySample> {
+    match memory_once(s, kind) {
+        Ok(m) => {
+            eprintln!(
+                "  {what}: {:.0} B per connection ({} → {} KiB, {} open, {} failed)",
+                m.per_conn(),
+                m.before >> 10,
+                m.after >> 10,
+                m.conns,
+                m.errors
+            );
+            if m.errors > 0 {
+                failures.push(format!("{what}: {} connections failed", m.errors));
+            }
+            Some(m)
+        }
+        Err(e) => {
+            eprintln!("  {what}: FAILED: {e}");
+            failures.push(format!("{what}: {e}"));
+            None
+        }
+    }
 }
 
 fn run_handshakes(s: &Settings, results: &mut Results) -> io::Result<()> {
@@ -611,27 +636,8 @@ fn run_memory(s: &Settings, results: &mut Results) -> io::Result<()> {
     for r in 0..s.memory_repeats {
         for kind in rotated(&kinds, r) {
             let what = format!("[{}/{}] {} memory", r + 1, s.memory_repeats, kind.name());
-            match memory_once(s, kind) {
-                Ok(m) => {
-                    eprintln!(
-                        "  {what}: {:.0} B per connection ({} → {} KiB, {} open, {} failed)",
-                        m.per_conn(),
-                        m.before >> 10,
-                        m.after >> 10,
-                        m.conns,
-                        m.errors
-                    );
-                    if m.errors > 0 {
-                        results
-                            .failures
-                            .push(format!("{what}: {} connections failed", m.errors));
-                    }
-                    results.memory.entry(kind.name()).or_default().push(m);
-                }
-                Err(e) => {
-                    eprintln!("  {what}: FAILED: {e}");
-                    results.failures.push(format!("{what}: {e}"));
-                }
+            if let Some(m) = count_memory(s, kind, &what, &mut results.failures) {
+                results.memory.entry(kind.name()).or_default().push(m);
             }
         }
     }
@@ -826,27 +832,8 @@ fn run_sessions(s: &Settings, results: &mut Results) -> io::Result<()> {
                 let Some((_, server)) = servers.iter().find(|(m, _)| *m == mode) else {
                     continue;
                 };
-                let client = if kind == Impl::TetherSessions {
-                    Impl::TetherSessions
-                } else {
-                    Impl::Tether
-                };
-                let mut args: Vec<String> = [
-                    "client",
-                    "--impl",
-                    client.name(),
-                    "--addr",
-                    &server.addr,
-                    "--conns",
-                    &w.conns.to_string(),
-                    "--size",
-                    &w.size.to_string(),
-                    "--inflight",
-                    &w.inflight.to_string(),
-                ]
-                .map(str::to_owned)
-                .to_vec();
-                args.extend(timing_args(s));
+                // The client of the same kind: tether plain, or tether with sessions.
+                let args = client_args(kind, &server.addr, &w, s);
                 let what = format!("[{}/{}] {mode} {}", r + 1, s.repeats, w.label);
                 let outcome = run_child(args, s);
                 let runs = results.sessions.entry((wi, mode)).or_default();
@@ -860,20 +847,8 @@ fn run_sessions(s: &Settings, results: &mut Results) -> io::Result<()> {
     for r in 0..s.memory_repeats {
         for (mode, kind) in rotated(&SESSION_MODES, r) {
             let what = format!("[{}/{}] {mode} memory", r + 1, s.memory_repeats);
-            match memory_once(s, kind) {
-                Ok(m) => {
-                    eprintln!("  {what}: {:.0} B per connection", m.per_conn());
-                    if m.errors > 0 {
-                        results
-                            .failures
-                            .push(format!("{what}: {} connections failed", m.errors));
-                    }
-                    results.session_memory.entry(mode).or_default().push(m);
-                }
-                Err(e) => {
-                    eprintln!("  {what}: FAILED: {e}");
-                    results.failures.push(format!("{what}: {e}"));
-                }
+            if let Some(m) = count_memory(s, kind, &what, &mut results.failures) {
+                results.session_memory.entry(mode).or_default().push(m);
             }
         }
     }

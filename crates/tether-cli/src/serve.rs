@@ -26,6 +26,9 @@ const BROADCAST_BACKLOG: usize = 256;
 /// Most broadcast messages queued for one receiver before they are written out together.
 const BROADCAST_BATCH: usize = 64;
 
+/// What each connection runs: a plain echo or relay, or a resumable session.
+type BoxedConnection = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// Runs `tether serve`; returns the exit status.
 pub(crate) async fn run(args: ServeArgs) -> i32 {
     let log = Arc::new(Log::new(args.json));
@@ -81,19 +84,22 @@ pub(crate) async fn run(args: ServeArgs) -> i32 {
     let next_id = Arc::new(AtomicU64::new(0));
     let broadcast = args.broadcast;
     let result = server
-        .serve(move |ws, request| {
+        .serve(move |ws, request| -> BoxedConnection {
             let log = log.clone();
+            let peer = ws.get_ref().tcp().peer_addr().ok();
+            log.connection(peer, &request.path);
+            if let Some(sessions) = &sessions {
+                // The session's future owns the connection: nothing else keeps a slot for
+                // it while it runs.
+                let serving = sessions.serve(ws);
+                return Box::pin(async move {
+                    serving.await;
+                    log.event(json!({"event": "closed", "peer": peer.map(|p| p.to_string())}));
+                });
+            }
             let peers = peers.clone();
             let id = next_id.fetch_add(1, Ordering::Relaxed);
-            let sessions = sessions.clone();
-            async move {
-                let peer = ws.get_ref().tcp().peer_addr().ok();
-                log.connection(peer, &request.path);
-                if let Some(sessions) = sessions {
-                    sessions.serve(ws).await;
-                    log.event(json!({"event": "closed", "peer": peer.map(|p| p.to_string())}));
-                    return;
-                }
+            Box::pin(async move {
                 let mut ws = ws;
                 if broadcast {
                     relay(&mut ws, id, &peers, &log).await;
@@ -101,7 +107,7 @@ pub(crate) async fn run(args: ServeArgs) -> i32 {
                     echo(&mut ws, &log).await;
                 }
                 log.closed(peer, &ws);
-            }
+            })
         })
         .await;
     match result {

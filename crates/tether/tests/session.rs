@@ -392,6 +392,15 @@ async fn hello(ws: &mut WebSocket<DuplexStream>, hello: Control) -> Control {
     }
 }
 
+/// HELLO for session `id` (a new one with `None`) having taken nothing; the WELCOME's
+/// fields.
+async fn greet(
+    ws: &mut WebSocket<DuplexStream>,
+    id: Option<tether::session::SessionId>,
+) -> (tether::session::SessionId, bool, u64, String) {
+    welcome_of(hello(ws, Control::Hello { id, delivered: 0 }).await)
+}
+
 fn welcome_of(control: Control) -> (tether::session::SessionId, bool, u64, String) {
     match control {
         Control::Welcome {
@@ -434,32 +443,14 @@ fn sending_server(
 async fn a_session_whose_client_stays_away_past_its_ttl_expires() {
     let (sessions, _, log) = sending_server(SessionServerConfig::default(), 0);
     let mut ws = raw_connection(&sessions).await;
-    let (id, resumed, _, _) = welcome_of(
-        hello(
-            &mut ws,
-            Control::Hello {
-                id: None,
-                delivered: 0,
-            },
-        )
-        .await,
-    );
+    let (id, resumed, _, _) = greet(&mut ws, None).await;
     assert!(!resumed);
     drop(ws);
     logged(&log, "disconnected").await;
     // Just before the default two minutes, the session is still there and resumes.
     tokio::time::sleep(Duration::from_secs(119)).await;
     let mut ws = raw_connection(&sessions).await;
-    let (same, resumed, _, _) = welcome_of(
-        hello(
-            &mut ws,
-            Control::Hello {
-                id: Some(id),
-                delivered: 0,
-            },
-        )
-        .await,
-    );
+    let (same, resumed, _, _) = greet(&mut ws, Some(id)).await;
     assert!(resumed && same == id);
     drop(ws);
     // Away again, now past the time to live: it expires, and a later resume is refused
@@ -468,16 +459,7 @@ async fn a_session_whose_client_stays_away_past_its_ttl_expires() {
     logged(&log, "ended Expired").await;
     assert!(sessions.is_empty());
     let mut ws = raw_connection(&sessions).await;
-    let (new_id, resumed, delivered, reason) = welcome_of(
-        hello(
-            &mut ws,
-            Control::Hello {
-                id: Some(id),
-                delivered: 0,
-            },
-        )
-        .await,
-    );
+    let (new_id, resumed, delivered, reason) = greet(&mut ws, Some(id)).await;
     assert!(!resumed);
     assert_ne!(new_id, id);
     assert_eq!(delivered, 0);
@@ -490,16 +472,7 @@ async fn sends_to_an_away_client_wait_when_the_buffer_is_full_and_flow_on_resume
     config.session.max_buffered_messages = 8;
     let (sessions, mut sent, log) = sending_server(config, 20);
     let mut ws = raw_connection(&sessions).await;
-    let (id, _, _, _) = welcome_of(
-        hello(
-            &mut ws,
-            Control::Hello {
-                id: None,
-                delivered: 0,
-            },
-        )
-        .await,
-    );
+    let (id, _, _, _) = greet(&mut ws, None).await;
     // The client reads nothing and goes away: eight messages fill the buffer, the ninth
     // send waits, however long.
     drop(ws);
@@ -517,16 +490,7 @@ async fn sends_to_an_away_client_wait_when_the_buffer_is_full_and_flow_on_resume
     // The client comes back having taken none: all eight are replayed, then the rest flow
     // as the client acknowledges.
     let mut ws = raw_connection(&sessions).await;
-    let (_, resumed, _, _) = welcome_of(
-        hello(
-            &mut ws,
-            Control::Hello {
-                id: Some(id),
-                delivered: 0,
-            },
-        )
-        .await,
-    );
+    let (_, resumed, _, _) = greet(&mut ws, Some(id)).await;
     assert!(resumed);
     for i in 0..20u64 {
         match timeout(GUARD, ws.recv()).await.unwrap() {
@@ -548,16 +512,7 @@ async fn a_server_configured_to_end_overflowing_sessions_says_so_on_resume() {
     let (sessions, mut sent, log) = sending_server(config, 10);
     let mut ws = raw_connection(&sessions).await;
     // Take the WELCOME by hand, then go away before anything is acknowledged.
-    let (id, _, _, _) = welcome_of(
-        hello(
-            &mut ws,
-            Control::Hello {
-                id: None,
-                delivered: 0,
-            },
-        )
-        .await,
-    );
+    let (id, _, _, _) = greet(&mut ws, None).await;
     drop(ws);
     logged(&log, "ended Overflow").await;
     let stopped = *sent.borrow_and_update();
@@ -566,16 +521,7 @@ async fn a_server_configured_to_end_overflowing_sessions_says_so_on_resume() {
         "at most the buffer's worth was accepted: {stopped}"
     );
     let mut ws = raw_connection(&sessions).await;
-    let (_, resumed, _, reason) = welcome_of(
-        hello(
-            &mut ws,
-            Control::Hello {
-                id: Some(id),
-                delivered: 0,
-            },
-        )
-        .await,
-    );
+    let (_, resumed, _, reason) = greet(&mut ws, Some(id)).await;
     assert!(!resumed);
     assert_eq!(reason, "overflow");
 }
