@@ -24,16 +24,16 @@
 //! `run.mjs`).
 
 mod relay;
+mod support;
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use relay::Relay;
+use support::browser::{assets, run_driver, serve_files};
 use tether::{CloseFrame, DeflateConfig, Message, PeerClose, Server, ServerConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc::unbounded_channel;
 
 /// Debian's Chromium; `TETHER_CHROMIUM` overrides it (run.mjs reads the same variable).
@@ -101,10 +101,6 @@ fn fnv1a(bytes: &[u8]) -> String {
 // Prerequisites
 // ---------------------------------------------------------------------------------------------
 
-fn assets() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
 /// Fails the test, naming what is missing, unless Chromium, node and playwright-core are there.
 fn check_prerequisites() {
     let mut missing = Vec::new();
@@ -160,40 +156,10 @@ struct Seen {
     close_frame: PeerClose,
 }
 
-/// Serves page.html at `/` (everything else is 404), one request per connection.
-async fn page_server() -> (u16, tokio::task::JoinHandle<()>) {
+/// Serves page.html at `/` (everything else is 404).
+async fn page_server() -> u16 {
     let page = std::fs::read(assets().join("page.html")).expect("read tests/browser/page.html");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("local_addr").port();
-    let task = tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let page = page.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 2048];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 << 10 {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let (status, kind, body) = if head.starts_with(b"GET / ") {
-                    ("200 OK", "text/html; charset=utf-8", page)
-                } else {
-                    ("404 Not Found", "text/plain", b"not found\n".to_vec())
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
-                     Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = tcp.write_all(response.as_bytes()).await;
-                let _ = tcp.write_all(&body).await;
-                let _ = tcp.shutdown().await;
-            });
-        }
-    });
-    (port, task)
+    serve_files(vec![("/", "text/html; charset=utf-8", page)]).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -281,43 +247,14 @@ async fn chromium_exchanges_compressed_messages_with_tether_server() {
         }
     }));
     let relay = Relay::start(tether_addr).await;
-    let (page_port, page_task) = page_server().await;
+    let page_port = page_server().await;
 
     // The browser.
     let page_url = format!("http://127.0.0.1:{page_port}/");
     let ws_url = format!("ws://127.0.0.1:{}/echo", relay.port);
-    let mut node = tokio::process::Command::new("node");
-    node.arg(assets().join("run.mjs"))
-        .arg(&page_url)
-        .arg(&ws_url)
-        .current_dir(assets())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let out = match tokio::time::timeout(BROWSER_LIMIT, node.output()).await {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => panic!("cannot run node: {e}"),
-        Err(_) => panic!("node run.mjs did not finish within {BROWSER_LIMIT:?}"),
-    };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = |prefix: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .map(str::to_owned)
-    };
-    let Some(result) = line("RESULT ") else {
-        panic!(
-            "run.mjs printed no RESULT line ({}).\nstdout:\n{stdout}\nstderr:\n{stderr}",
-            out.status
-        );
-    };
-    eprintln!(
-        "{}",
-        line("BROWSER ").unwrap_or_else(|| "browser version unknown".to_owned())
-    );
+    let out = run_driver("run.mjs", &[page_url, ws_url], BROWSER_LIMIT).await;
+    let (result, stderr) = (out.result.clone(), out.stderr.clone());
+    eprintln!("{}", out.browser);
 
     // What tether saw and answered.
     let seen = tokio::time::timeout(Duration::from_secs(30), seen.recv())
@@ -347,7 +284,7 @@ async fn chromium_exchanges_compressed_messages_with_tether_server() {
         "the browser's result differs from the expected one (left: got).\nstderr of run.mjs:\n\
          {stderr}"
     );
-    assert!(out.status.success(), "run.mjs failed: {}", out.status);
+    assert!(out.success, "run.mjs failed");
     assert!(
         !stderr.contains("blocked a request off the machine"),
         "the page tried to reach another host:\n{stderr}"
@@ -390,5 +327,4 @@ async fn chromium_exchanges_compressed_messages_with_tether_server() {
     assert!(up > random_up as u64 && down > random_down as u64);
 
     serve.abort();
-    page_task.abort();
 }

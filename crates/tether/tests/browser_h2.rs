@@ -6,9 +6,9 @@
 //! playwright-core, like `browser.rs` (scripts/test.sh installs them).
 #![cfg(feature = "http2")]
 
+mod support;
+
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use support::browser::{require_chromium, run_driver};
 use tether::upgrade;
 use tether::ServerConfig;
 use tokio::net::TcpListener;
@@ -43,10 +44,6 @@ window.result = new Promise((resolve) => {
 "#;
 
 const BROWSER_LIMIT: Duration = Duration::from_secs(120);
-
-fn assets() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
 
 /// A self-signed certificate for 127.0.0.1, as a rustls server config offering h2 first.
 fn tls_config() -> Arc<rustls::ServerConfig> {
@@ -104,17 +101,7 @@ async fn handle(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_opens_a_websocket_over_http2_extended_connect() {
-    let chromium = std::env::var_os("TETHER_CHROMIUM")
-        .filter(|p| !p.is_empty())
-        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
-    let playwright = assets().join("node_modules/playwright-core/package.json");
-    assert!(
-        chromium.is_file() && playwright.is_file(),
-        "the browser test needs Chromium ({}) and playwright-core ({}): run \
-         `bash scripts/test.sh`, which installs both",
-        chromium.display(),
-        playwright.display()
-    );
+    require_chromium();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config());
@@ -157,29 +144,14 @@ async fn chromium_opens_a_websocket_over_http2_extended_connect() {
         }
     });
 
-    let mut node = tokio::process::Command::new("node");
-    node.arg(assets().join("h2.mjs"))
-        .arg(format!("https://127.0.0.1:{port}/"))
-        .current_dir(assets())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(BROWSER_LIMIT, node.output())
-        .await
-        .expect("the browser finished in time")
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let result = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .unwrap_or_else(|| panic!("no RESULT line; stdout {stdout}\nstderr {stderr}"));
-    let browser = stdout
-        .lines()
-        .find(|l| l.starts_with("BROWSER"))
-        .unwrap_or("");
-    println!("{browser}: {result}");
+    let out = run_driver(
+        "h2.mjs",
+        &[format!("https://127.0.0.1:{port}/")],
+        BROWSER_LIMIT,
+    )
+    .await;
+    let (result, stderr) = (out.result, out.stderr);
+    println!("{}: {result}", out.browser);
     let seen = tokio::time::timeout(Duration::from_secs(10), seen.recv())
         .await
         .unwrap_or_else(|_| panic!("the server saw no WebSocket; page said {result}; {stderr}"))
