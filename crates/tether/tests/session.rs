@@ -64,15 +64,6 @@ async fn echo_server(
     config: SessionServerConfig,
     store: Option<Arc<dyn SessionStore>>,
 ) -> EchoServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    echo_server_on(listener, config, store).await
-}
-
-async fn echo_server_on(
-    listener: TcpListener,
-    config: SessionServerConfig,
-    store: Option<Arc<dyn SessionStore>>,
-) -> EchoServer {
     let handler = |session: SessionHandle| async move {
         while let Some(Ok(msg)) = session.recv().await {
             if session.send(msg).await.is_err() {
@@ -84,9 +75,15 @@ async fn echo_server_on(
         Some(store) => SessionServer::with_store(config, store, handler),
         None => SessionServer::new(config, handler),
     };
+    start(sessions).await
+}
+
+/// Serves `sessions` with tether's server on a free port, logging their events.
+async fn start(sessions: SessionServer) -> EchoServer {
     let log: Log = Arc::default();
     let events = Arc::clone(&log);
     let sessions = sessions.on_event(move |e| events.lock().unwrap().push(describe(e)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = Server::from_listener(listener, sessions.server_config(ServerConfig::default()));
     let addr = server.local_addr().unwrap();
     let shutdown = server.shutdown_handle();
@@ -177,22 +174,7 @@ async fn sink_server() -> EchoServer {
         std::future::pending::<()>().await;
         drop(session);
     });
-    let server = Server::bind(
-        "127.0.0.1:0",
-        sessions.server_config(ServerConfig::default()),
-    )
-    .await
-    .unwrap();
-    let addr = server.local_addr().unwrap();
-    let shutdown = server.shutdown_handle();
-    let serving = sessions.clone();
-    tokio::spawn(server.serve(move |ws, _| serving.serve(ws)));
-    EchoServer {
-        addr,
-        shutdown,
-        sessions,
-        log: Arc::default(),
-    }
+    start(sessions).await
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 // origin; whether Chromium sent it over the page's HTTP/2 connection (extended CONNECT) is
 // what the test checks on the server's side. Nothing may leave the machine.
 
-import { chromium } from "playwright-core";
+import { launchChromium } from "./launch.mjs";
 
 const [pageUrl] = process.argv.slice(2);
 if (!pageUrl || new URL(pageUrl).hostname !== "127.0.0.1") {
@@ -19,23 +19,7 @@ if (!pageUrl || new URL(pageUrl).hostname !== "127.0.0.1") {
 let browser;
 let code = 0;
 try {
-  browser = await chromium.launch({
-    executablePath: process.env.TETHER_CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--ignore-certificate-errors",
-      "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-    ],
-    timeout: 60000,
-  });
+  browser = await launchChromium(["--ignore-certificate-errors"]);
   const context = await browser.newContext({ ignoreHTTPSErrors: true, serviceWorkers: "block" });
   const page = await context.newPage();
   page.on("console", (msg) => console.error(`page console: ${msg.text()}`));

@@ -12,25 +12,13 @@
 // Nothing may leave the machine: every request to a host other than 127.0.0.1 is aborted, name
 // resolution maps every other name to nothing, and Chromium's background services are off.
 
-import { chromium } from "playwright-core";
+import { launchChromium } from "./launch.mjs";
 
 const [pageUrl, wsUrl] = process.argv.slice(2);
 if (!pageUrl || !wsUrl) {
   console.error("usage: node run.mjs PAGE_URL WS_URL");
   process.exit(2);
 }
-
-const FLAGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-];
 
 function local(url) {
   const u = new URL(url);
@@ -43,13 +31,7 @@ try {
   if (!local(pageUrl) || !local(wsUrl)) {
     throw new Error(`only http:// and ws:// URLs on 127.0.0.1 are allowed: ${pageUrl} ${wsUrl}`);
   }
-  // launch() makes a fresh user data directory and removes it on close.
-  browser = await chromium.launch({
-    executablePath: process.env.TETHER_CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: FLAGS,
-    timeout: 60000,
-  });
+  browser = await launchChromium();
   const context = await browser.newContext({ serviceWorkers: "block" });
   await context.route("**/*", (route) => {
     const url = route.request().url();
