@@ -230,9 +230,11 @@ fn best_peer(table: &EchoTable, w: usize) -> Option<(&'static str, Summary)> {
         .max_by(|a, b| a.1.median.total_cmp(&b.1.median))
 }
 
-fn memory_medians(results: &Results) -> BTreeMap<&'static str, (f64, f64, f64, f64, f64)> {
-    results
-        .memory
+/// Per key: median bytes per connection, min, max, and the median VmRSS before and after.
+fn memory_medians(
+    samples: &BTreeMap<&'static str, Vec<MemorySample>>,
+) -> BTreeMap<&'static str, (f64, f64, f64, f64, f64)> {
+    samples
         .iter()
         .filter(|(_, v)| !v.is_empty())
         .map(|(k, v)| {
@@ -479,7 +481,7 @@ fn targets(md: &mut String, results: &Results, echo: &EchoTable) {
             vs_peer(w).and_then(|(v, t)| check(v, t, &|v| v >= 1.1)),
         );
     }
-    let mem = memory_medians(results);
+    let mem = memory_medians(&results.memory);
     row(
         "≤ 3 KiB resident per idle connection".to_owned(),
         mem.get(tether)
@@ -822,6 +824,21 @@ fn compression_section(md: &mut String, results: &Results) {
     md.push('\n');
 }
 
+/// One row of a throughput table: label, name, msgs/s with its spread and latency, ratio.
+fn throughput_row(md: &mut String, label: &str, name: &str, s: &Summary, base: Option<&Summary>) {
+    let _ = writeln!(
+        md,
+        "| {label} | {name} | {}{} | {}–{} | {} | {} | {} |",
+        thousands(s.median),
+        warn(s),
+        thousands(s.min),
+        thousands(s.max),
+        micros(s.p50_ns),
+        micros(s.p99_ns),
+        ratio(base.map(|b| s.median / b.median)),
+    );
+}
+
 fn client_section(md: &mut String, results: &Results) {
     let table = summarize(&results.client);
     if table.is_empty() {
@@ -844,19 +861,7 @@ fn client_section(md: &mut String, results: &Results) {
             let Some(s) = table.get(&(w, kind.name())) else {
                 continue;
             };
-            let _ = writeln!(
-                md,
-                "| {} | {} | {}{} | {}–{} | {} | {} | {} |",
-                workload.label,
-                kind.name(),
-                thousands(s.median),
-                warn(s),
-                thousands(s.min),
-                thousands(s.max),
-                micros(s.p50_ns),
-                micros(s.p99_ns),
-                ratio(base.map(|b| s.median / b.median)),
-            );
+            throughput_row(md, workload.label, kind.name(), s, base);
         }
     }
     md.push('\n');
@@ -914,7 +919,7 @@ fn handshake_section(md: &mut String, results: &Results) {
 }
 
 fn memory_section(md: &mut String, results: &Results, settings: &Settings) {
-    let mem = memory_medians(results);
+    let mem = memory_medians(&results.memory);
     if mem.is_empty() {
         return;
     }
@@ -979,28 +984,12 @@ fn sessions_section(md: &mut String, results: &Results, settings: &Settings) {
             let Some(s) = table.get(&(w, mode)) else {
                 continue;
             };
-            let _ = writeln!(
-                md,
-                "| {} | {mode} | {}{} | {}–{} | {} | {} | {} |",
-                WORKLOADS[w].label,
-                thousands(s.median),
-                warn(s),
-                thousands(s.min),
-                thousands(s.max),
-                micros(s.p50_ns),
-                micros(s.p99_ns),
-                ratio(base.map(|b| s.median / b.median)),
-            );
+            throughput_row(md, WORKLOADS[w].label, mode, s, base);
         }
     }
     md.push('\n');
-    let per = |mode: &str| -> Option<(f64, f64, f64)> {
-        let runs = results.session_memory.get(mode)?;
-        let v: Vec<f64> = runs.iter().map(MemorySample::per_conn).collect();
-        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        Some((median(&v), min, max))
-    };
+    let memory = memory_medians(&results.session_memory);
+    let per = |mode: &str| memory.get(mode).map(|&(m, min, max, _, _)| (m, min, max));
     let plain = per("plain");
     if plain.is_none() && per("sessions").is_none() {
         return;

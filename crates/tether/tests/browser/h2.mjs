@@ -8,7 +8,7 @@
 // origin; whether Chromium sent it over the page's HTTP/2 connection (extended CONNECT) is
 // what the test checks on the server's side. Nothing may leave the machine.
 
-import { launchChromium } from "./launch.mjs";
+import { drive } from "./launch.mjs";
 
 const [pageUrl] = process.argv.slice(2);
 if (!pageUrl || new URL(pageUrl).hostname !== "127.0.0.1") {
@@ -16,24 +16,9 @@ if (!pageUrl || new URL(pageUrl).hostname !== "127.0.0.1") {
   process.exit(2);
 }
 
-let browser;
-let code = 0;
-try {
-  browser = await launchChromium(["--ignore-certificate-errors"]);
-  const context = await browser.newContext({ ignoreHTTPSErrors: true, serviceWorkers: "block" });
-  const page = await context.newPage();
-  page.on("console", (msg) => console.error(`page console: ${msg.text()}`));
-  page.on("pageerror", (err) => console.error(`page error: ${err}`));
-  await page.goto(pageUrl, { timeout: 30000 });
-  const result = await page.evaluate(() => window.result);
-  console.log(`BROWSER Chromium ${browser.version()}`);
-  console.log(`RESULT ${JSON.stringify(result)}`);
-} catch (err) {
-  console.log(`RESULT ${JSON.stringify({ error: String(err && err.stack ? err.stack : err) })}`);
-  code = 1;
-} finally {
-  if (browser) {
-    await browser.close().catch(() => {});
-  }
-}
-process.exit(code);
+await drive({
+  extraFlags: ["--ignore-certificate-errors"],
+  contextOptions: { ignoreHTTPSErrors: true },
+  pageUrl,
+  evaluate: (page) => page.evaluate(() => window.result),
+});

@@ -25,3 +25,34 @@ export function launchChromium(extraFlags = []) {
     timeout: 60000,
   });
 }
+
+/**
+ * Runs one driver: launches Chromium (with `extraFlags`), makes a context (`contextOptions`,
+ * then `prepare(context)`), opens `pageUrl`, and prints `BROWSER Chromium N` and
+ * `RESULT {json}` with what `evaluate(page)` returned. A failure prints
+ * `RESULT {"error": ...}`; the process exits 1 then, 0 otherwise.
+ */
+export async function drive({ extraFlags = [], contextOptions = {}, prepare, pageUrl, evaluate }) {
+  let browser;
+  let code = 0;
+  try {
+    browser = await launchChromium(extraFlags);
+    const context = await browser.newContext({ serviceWorkers: "block", ...contextOptions });
+    if (prepare) await prepare(context);
+    const page = await context.newPage();
+    page.on("console", (msg) => console.error(`page console: ${msg.text()}`));
+    page.on("pageerror", (err) => console.error(`page error: ${err}`));
+    await page.goto(pageUrl, { timeout: 30000 });
+    const result = await evaluate(page);
+    console.log(`BROWSER Chromium ${browser.version()}`);
+    console.log(`RESULT ${JSON.stringify(result)}`);
+  } catch (err) {
+    console.log(`RESULT ${JSON.stringify({ error: String(err && err.stack ? err.stack : err) })}`);
+    code = 1;
+  } finally {
+    if (browser) {
+      await browser.close().catch(() => {});
+    }
+  }
+  process.exit(code);
+}

@@ -12,7 +12,7 @@
 // Nothing may leave the machine: every request to a host other than 127.0.0.1 is aborted, name
 // resolution maps every other name to nothing, and Chromium's background services are off.
 
-import { launchChromium } from "./launch.mjs";
+import { drive } from "./launch.mjs";
 
 const [pageUrl, wsUrl] = process.argv.slice(2);
 if (!pageUrl || !wsUrl) {
@@ -25,35 +25,24 @@ function local(url) {
   return u.hostname === "127.0.0.1" && ["http:", "ws:"].includes(u.protocol);
 }
 
-let browser;
-let code = 0;
-try {
-  if (!local(pageUrl) || !local(wsUrl)) {
-    throw new Error(`only http:// and ws:// URLs on 127.0.0.1 are allowed: ${pageUrl} ${wsUrl}`);
-  }
-  browser = await launchChromium();
-  const context = await browser.newContext({ serviceWorkers: "block" });
-  await context.route("**/*", (route) => {
-    const url = route.request().url();
-    if (local(url)) {
-      return route.continue();
-    }
-    console.error(`blocked a request off the machine: ${url}`);
-    return route.abort("blockedbyclient");
-  });
-  const page = await context.newPage();
-  page.on("console", (msg) => console.error(`page console: ${msg.text()}`));
-  page.on("pageerror", (err) => console.error(`page error: ${err}`));
-  await page.goto(pageUrl, { timeout: 30000 });
-  const result = await page.evaluate((url) => window.runTether(url), wsUrl);
-  console.log(`BROWSER Chromium ${browser.version()}`);
-  console.log(`RESULT ${JSON.stringify(result)}`);
-} catch (err) {
-  console.log(`RESULT ${JSON.stringify({ error: String(err && err.stack ? err.stack : err) })}`);
-  code = 1;
-} finally {
-  if (browser) {
-    await browser.close().catch(() => {});
-  }
+if (!local(pageUrl) || !local(wsUrl)) {
+  console.log(
+    `RESULT ${JSON.stringify({ error: `only http:// and ws:// URLs on 127.0.0.1 are allowed: ${pageUrl} ${wsUrl}` })}`,
+  );
+  process.exit(1);
 }
-process.exit(code);
+
+await drive({
+  // Every request to another host is aborted (and name resolution finds none).
+  prepare: (context) =>
+    context.route("**/*", (route) => {
+      const url = route.request().url();
+      if (local(url)) {
+        return route.continue();
+      }
+      console.error(`blocked a request off the machine: ${url}`);
+      return route.abort("blockedbyclient");
+    }),
+  pageUrl,
+  evaluate: (page) => page.evaluate((url) => window.runTether(url), wsUrl),
+});
