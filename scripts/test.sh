@@ -5,8 +5,11 @@
 #   2. the browser test's peer, installed if missing: Chromium (Debian's `chromium`, with
 #      apt-get; needs root) and playwright-core (`npm ci` in crates/tether/tests/browser);
 #      node itself (>= 20) must be there already;
-#   3. cargo test --workspace (the interop tests find Python through TETHER_PYTHON);
-#   4. the Autobahn test suite against the release examples: server role (tether's own server
+#   3. redis-server (Debian's, with apt-get) for the many-node tests, installed if missing;
+#      each of those tests runs its own instance on a free port and stops it;
+#   4. cargo test --workspace (the interop tests find Python through TETHER_PYTHON, Redis
+#      through TETHER_REDIS_SERVER);
+#   5. the Autobahn test suite against the release examples: server role (tether's own server
 #      and the axum example) and client role.
 #
 # cargo test and each Autobahn role are a gate (a failed release build of the examples counts
@@ -136,21 +139,31 @@ retry() {
     return 1
 }
 
+APT_UPDATED=0
+
+apt_install() {
+    # apt_install PACKAGE...: installs Debian packages (apt-get; root, or sudo without a
+    # password), updating the package lists once per run.
+    local sudo=()
+    if [[ $EUID -ne 0 ]]; then
+        sudo=(sudo -n)
+    fi
+    if [[ $APT_UPDATED -eq 0 ]]; then
+        retry "apt-get update" "${sudo[@]+"${sudo[@]}"}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get update -q || return 1
+        APT_UPDATED=1
+    fi
+    retry "apt-get install $*" "${sudo[@]+"${sudo[@]}"}" \
+        env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+}
+
 setup_chromium() {
     if [[ -x "$CHROMIUM" ]]; then
         echo "chromium already installed: $CHROMIUM"
         return 0
     fi
-    local sudo=()
-    if [[ $EUID -ne 0 ]]; then
-        sudo=(sudo -n)
-    fi
     echo "installing chromium (apt-get)"
-    retry "apt-get update" "${sudo[@]+"${sudo[@]}"}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get update -q &&
-        retry "apt-get install chromium" "${sudo[@]+"${sudo[@]}"}" \
-            env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium &&
-        [[ -x "$CHROMIUM" ]]
+    apt_install chromium && [[ -x "$CHROMIUM" ]]
 }
 
 setup_playwright() {
@@ -178,12 +191,29 @@ if ! setup_playwright; then
     echo "could not install playwright-core: the browser test will fail" >&2
 fi
 
-# --- 3. cargo test -------------------------------------------------------------------------
+# --- 3. Redis for the many-node tests -------------------------------------------------------
+# Each Redis test starts its own redis-server on a free port on 127.0.0.1 (no persistence)
+# and stops it when it is done, so that a test can also kill and restart it; this only makes
+# sure the binary is there. Like the browser test, the Redis tests fail (never skip) without it.
+REDIS_SERVER=/usr/bin/redis-server
+
+section "Redis (redis-server)"
+if [[ -x "$REDIS_SERVER" ]]; then
+    echo "redis-server already installed: $("$REDIS_SERVER" --version)"
+else
+    echo "installing redis-server (apt-get)"
+    if ! apt_install redis-server || [[ ! -x "$REDIS_SERVER" ]]; then
+        echo "could not install redis-server: the Redis tests will fail" >&2
+    fi
+fi
+export TETHER_REDIS_SERVER="$REDIS_SERVER"
+
+# --- 4. cargo test -------------------------------------------------------------------------
 # --no-fail-fast: a failing test binary does not hide the results of the others.
 gate "cargo test --workspace" \
     timeout --kill-after=30 "$CARGO_TEST_LIMIT" cargo test --workspace --all-features --no-fail-fast </dev/null
 
-# --- 4. Autobahn, both roles -------------------------------------------------------------
+# --- 5. Autobahn, both roles -------------------------------------------------------------
 section "cargo build --release -p tether --examples --all-features"
 if run timeout --kill-after=30 "$BUILD_LIMIT" \
     cargo build --release -p tether --examples --all-features </dev/null; then

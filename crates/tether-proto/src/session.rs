@@ -28,6 +28,11 @@
 //! 3. **Disconnected.** Call [`link_down`](Session::link_down). Sends still work (they wait in
 //!    the replay buffer); messages received but not yet taken are dropped, to be sent again
 //!    by the peer after the resume.
+//!
+//! A server whose sessions live in a store shared by several processes calls
+//! [`hold_acks`](Session::hold_acks) once: acknowledgements then wait for
+//! [`confirm_delivered`](Session::confirm_delivered), so that the peer never drops a message
+//! whose delivery the store has not recorded.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -383,6 +388,9 @@ pub struct Session {
     inbox: VecDeque<(Kind, Bytes)>,
     /// The delivered count the peer was last told.
     ack_told: u64,
+    /// With [`hold_acks`](Session::hold_acks): the most deliveries the driver confirmed as
+    /// recorded, which no acknowledgement may exceed.
+    confirmed: Option<u64>,
     ack_deadline: Option<Instant>,
     up: bool,
     /// Messages for the connection: opcode, whether the data marker goes first, payload.
@@ -403,6 +411,7 @@ impl Session {
             delivered: 0,
             inbox: VecDeque::new(),
             ack_told: 0,
+            confirmed: None,
             ack_deadline: None,
             up: false,
             transmit: VecDeque::new(),
@@ -423,11 +432,12 @@ impl Session {
 
     /// What must be kept for the session to be resumed elsewhere (by another process, from
     /// a store): its counts and the messages not yet acknowledged. Messages received and not
-    /// yet taken are left out: the peer sends them again.
+    /// yet taken are left out: the peer sends them again. With
+    /// [`hold_acks`](Self::hold_acks), only confirmed deliveries count as taken.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             sent: self.sent,
-            delivered: self.delivered,
+            delivered: self.ackable(),
             peer_delivered: self.peer_delivered,
             unacknowledged: self.unacked.iter().cloned().collect(),
         }
@@ -561,14 +571,33 @@ impl Session {
     pub fn poll_message(&mut self, now: Instant) -> Option<(Kind, Bytes)> {
         let message = self.inbox.pop_front()?;
         self.delivered += 1;
-        if self.up {
-            if self.delivered - self.ack_told >= self.config.ack_every {
-                self.queue_ack();
-            } else if self.ack_deadline.is_none() {
-                self.ack_deadline = Some(now + self.config.ack_delay);
-            }
-        }
+        self.schedule_ack(now);
         Some(message)
+    }
+
+    /// From now on, acknowledge only deliveries confirmed with
+    /// [`confirm_delivered`](Self::confirm_delivered) (those before the call count as
+    /// confirmed). For a driver that records each delivery in a store before the peer may
+    /// forget the message. The handshake tells the peer [`delivered`](Self::delivered) as it
+    /// is: record it before sending [`Control::Hello`] or [`Control::Welcome`].
+    pub fn hold_acks(&mut self) {
+        self.confirmed = Some(self.delivered);
+    }
+
+    /// The first `delivered` deliveries are recorded: they may be acknowledged (within the
+    /// usual count and timer). Without [`hold_acks`](Self::hold_acks), does nothing.
+    pub fn confirm_delivered(&mut self, delivered: u64, now: Instant) {
+        if let Some(confirmed) = &mut self.confirmed {
+            *confirmed = (*confirmed).max(delivered.min(self.delivered));
+            self.schedule_ack(now);
+        }
+    }
+
+    /// Deliveries that may be acknowledged: all of them, or with
+    /// [`hold_acks`](Self::hold_acks) the confirmed ones.
+    pub fn ackable(&self) -> u64 {
+        self.confirmed
+            .map_or(self.delivered, |c| c.min(self.delivered))
     }
 
     /// True when [`poll_message`](Self::poll_message) has a message.
@@ -610,7 +639,7 @@ impl Session {
     /// a write that happens anyway, and the timer is not needed. Call before draining
     /// [`poll_transmit`](Self::poll_transmit).
     pub fn piggyback_ack(&mut self) {
-        if !self.transmit.is_empty() && self.ack_told != self.delivered {
+        if !self.transmit.is_empty() && self.ack_told != self.ackable() {
             self.queue_ack();
         }
     }
@@ -637,13 +666,25 @@ impl Session {
             .map(move |(i, (kind, payload))| (first + i as u64, *kind, payload))
     }
 
+    /// Queues the acknowledgement once enough deliveries wait for it, or starts its timer.
+    fn schedule_ack(&mut self, now: Instant) {
+        let waiting = self.ackable().saturating_sub(self.ack_told);
+        if !self.up || waiting == 0 {
+            return;
+        }
+        if waiting >= self.config.ack_every {
+            self.queue_ack();
+        } else if self.ack_deadline.is_none() {
+            self.ack_deadline = Some(now + self.config.ack_delay);
+        }
+    }
+
     fn queue_ack(&mut self) {
         self.ack_deadline = None;
-        if self.up && self.ack_told != self.delivered {
-            self.ack_told = self.delivered;
-            let ack = Control::Ack {
-                delivered: self.delivered,
-            };
+        let ackable = self.ackable();
+        if self.up && self.ack_told < ackable {
+            self.ack_told = ackable;
+            let ack = Control::Ack { delivered: ackable };
             self.transmit
                 .push_back((OpCode::Binary, false, ack.encode()));
         }

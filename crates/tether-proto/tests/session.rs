@@ -531,3 +531,67 @@ fn an_acknowledgement_rides_along_with_data_going_out_anyway() {
     assert_eq!(first.0, OpCode::Text, "the reply itself");
     assert!(pair.server.session.poll_timeout().is_none());
 }
+
+#[test]
+fn held_acknowledgements_wait_for_the_store_to_confirm_deliveries() {
+    let config = SessionConfig {
+        ack_every: 2,
+        ..SessionConfig::default()
+    };
+    let mut pair = Pair::new(&config);
+    pair.server.session.hold_acks();
+    for _ in 0..4 {
+        pair.client.send();
+    }
+    pair.pump(4);
+    let now = pair.now;
+    pair.server.take(4, now);
+    assert_eq!(pair.server.session.delivered(), 4);
+    assert_eq!(pair.server.session.ackable(), 0);
+    // Neither the count nor the timer acknowledges what is not confirmed.
+    pair.tick(1_000);
+    assert!(pair.server.session.poll_transmit().is_none(), "no ACK yet");
+    assert!(pair.server.session.poll_timeout().is_none());
+    // One confirmed: below the count, so the timer starts; it then acknowledges 1 only.
+    pair.server.session.confirm_delivered(1, pair.now);
+    assert!(pair.server.session.poll_transmit().is_none());
+    assert!(pair.server.session.poll_timeout().is_some());
+    pair.tick(100);
+    let (_, ack) = pair.server.session.poll_transmit().unwrap();
+    assert_eq!(
+        Control::decode(&ack).ok(),
+        Some(Control::Ack { delivered: 1 })
+    );
+    // A confirmation beyond what was delivered counts only what was.
+    pair.server.session.confirm_delivered(9, pair.now);
+    assert_eq!(pair.server.session.ackable(), 4);
+    let (_, ack) = pair.server.session.poll_transmit().unwrap();
+    assert_eq!(
+        Control::decode(&ack).ok(),
+        Some(Control::Ack { delivered: 4 })
+    );
+    pair.client.session.receive(OpCode::Binary, ack).unwrap();
+    assert_eq!(pair.client.session.peer_delivered(), 4);
+    assert_eq!(pair.client.session.buffered().0, 0);
+    // And the rest of the exchange still settles exactly once, in order.
+    pair.client.send();
+    pair.server.send();
+    pair.cut();
+    pair.settle_confirming();
+}
+
+impl Pair {
+    /// As [`settle`](Self::settle), with the server confirming every delivery as it goes.
+    fn settle_confirming(&mut self) {
+        self.connect();
+        for _ in 0..1_000 {
+            self.pump(64);
+            self.client.take(64, self.now);
+            self.server.take(64, self.now);
+            let delivered = self.server.session.delivered();
+            self.server.session.confirm_delivered(delivered, self.now);
+            self.tick(200);
+        }
+        self.settle();
+    }
+}

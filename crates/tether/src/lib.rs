@@ -13,6 +13,8 @@ mod client;
 mod config;
 mod error;
 pub mod reconnect;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod server;
 pub mod session;
 mod stream;

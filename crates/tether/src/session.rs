@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tether_proto::close_code;
-use tether_proto::session::{Control, Kind, Session, SessionError};
-pub use tether_proto::session::{SessionConfig, SessionId, Snapshot, SUBPROTOCOL};
+use tether_proto::session::{Control, Session, SessionError};
+pub use tether_proto::session::{Kind, SessionConfig, SessionId, Snapshot, SUBPROTOCOL};
 use tether_proto::OpCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
@@ -44,7 +44,7 @@ use crate::ClientBuilder;
 /// A client that receives it reports the session lost ([`LostReason::Superseded`]).
 pub const SUPERSEDED: u16 = 4000;
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 type OnEvent = dyn Fn(&SessionEvent<'_>) + Send + Sync;
 
 fn now() -> std::time::Instant {
@@ -82,7 +82,7 @@ impl LostReason {
         }
     }
 
-    fn parse(s: &str) -> Self {
+    pub(crate) fn parse(s: &str) -> Self {
         match s {
             "unknown" | "" => Self::Unknown,
             "expired" => Self::Expired,
@@ -141,6 +141,9 @@ pub enum EndReason {
     Overflow,
     /// The server could not resume it (client): see [`Error::SessionLost`].
     Lost(LostReason),
+    /// Its client resumed it on another server sharing the store (server): the session
+    /// goes on there, with a handler of its own; this handler should return.
+    Moved,
     /// An error: a fatal connection error, a peer that broke the protocol, a server without
     /// sessions.
     Failed(String),
@@ -238,6 +241,8 @@ struct State {
     ended: Option<EndReason>,
     /// Errors for `recv`, before further messages (a lost session, the final error).
     errors: VecDeque<Error>,
+    /// A server session taken over from the store (started elsewhere, or before a restart).
+    restored: bool,
 }
 
 struct Shared {
@@ -253,6 +258,20 @@ struct Shared {
     /// The server's registry, to forget the session when it ends.
     registry: Option<Weak<Registry>>,
     overflow: Overflow,
+    /// A server session whose store is shared by several servers: every change is recorded
+    /// there as it happens.
+    durable: Option<Box<Durable>>,
+}
+
+/// What a server session in a shared store needs to record its changes in order.
+struct Durable {
+    store: Arc<dyn SessionStore>,
+    ttl: Duration,
+    /// One send at a time records its message, so that numbers reach the store in order.
+    send_turn: tokio::sync::Mutex<()>,
+    /// One `recv` at a time records its delivery; a message whose recording a cancelled
+    /// `recv` left unfinished waits here for the next one.
+    recv_turn: tokio::sync::Mutex<Option<(u64, Message)>>,
 }
 
 impl Shared {
@@ -263,6 +282,7 @@ impl Shared {
         on_event: Option<Arc<OnEvent>>,
         registry: Option<Weak<Registry>>,
         overflow: Overflow,
+        durable: Option<Box<Durable>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             side,
@@ -277,6 +297,7 @@ impl Shared {
                 closing: None,
                 ended: None,
                 errors: VecDeque::new(),
+                restored: false,
             }),
             to_link: Notify::new(),
             to_recv: Notify::new(),
@@ -284,6 +305,7 @@ impl Shared {
             on_event,
             registry,
             overflow,
+            durable,
         })
     }
 
@@ -343,7 +365,7 @@ impl Shared {
         // A plain client's handle was never registered or stored.
         if st.resume {
             if let Some(registry) = self.registry.as_ref().and_then(Weak::upgrade) {
-                registry.forget(id, &reason);
+                registry.forget(id, &reason, self);
             }
         }
     }
@@ -386,11 +408,18 @@ enum SendStep {
     Closed,
 }
 
-async fn send_on(shared: &Shared, msg: Message) -> Result<()> {
-    let (kind, payload) = match &msg {
+fn message_parts(msg: &Message) -> (Kind, tether_proto::Bytes) {
+    match msg {
         Message::Text(t) => (Kind::Text, t.clone().into_bytes()),
         Message::Binary(b) => (Kind::Binary, b.clone()),
-    };
+    }
+}
+
+async fn send_on(shared: &Shared, msg: Message) -> Result<()> {
+    if let Some(durable) = &shared.durable {
+        return send_durable(shared, durable, msg).await;
+    }
+    let (kind, payload) = message_parts(&msg);
     let mut msg = Some(msg);
     // The first try registers no waiter: most sends find room.
     let mut first = true;
@@ -459,6 +488,145 @@ fn try_send(
     }
 }
 
+/// A send of a server session in a shared store: the message is recorded there before it
+/// is queued for the client, so that whichever server resumes the session has it.
+async fn send_durable(shared: &Shared, durable: &Durable, msg: Message) -> Result<()> {
+    let (kind, payload) = message_parts(&msg);
+    let _turn = durable.send_turn.lock().await;
+    let (id, seq, progress) = loop {
+        let notified = shared.to_send.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut st = shared.lock();
+            if st.ended.is_some() || st.closing.is_some() {
+                return Err(Error::ConnectionClosed);
+            }
+            if !st.session.is_full(payload.len()) {
+                break (st.session.id(), st.session.sent() + 1, progress_of(&st));
+            }
+            if !st.session.is_up() && shared.overflow == Overflow::End {
+                shared.end(&mut st, EndReason::Overflow, None);
+                return Err(Error::ConnectionClosed);
+            }
+        }
+        notified.await;
+    };
+    let change = Change::Sent {
+        seq,
+        kind,
+        payload: payload.clone(),
+        progress,
+    };
+    record(shared, durable, id, change).await?;
+    let mut st = shared.lock();
+    if st.ended.is_some() {
+        return Err(Error::ConnectionClosed);
+    }
+    // Room was checked with the turn held, and only sends take room.
+    if st.session.send(kind, payload).is_err() {
+        return Err(Error::ConnectionClosed);
+    }
+    if st.session.is_up() {
+        shared.to_link.notify_waiters();
+    }
+    Ok(())
+}
+
+/// The counts a shared store keeps for a session: confirmed deliveries, and the peer's.
+fn progress_of(st: &State) -> Progress {
+    Progress {
+        delivered: st.session.ackable(),
+        acknowledged: st.session.peer_delivered(),
+    }
+}
+
+/// Records a change of a durable session; retries while the store is unavailable (with a
+/// pause growing to 2 s), writes the session whole again if the store lost it, and ends
+/// the session here if another server took it. Fails only once the session ended.
+async fn record(shared: &Shared, durable: &Durable, id: SessionId, change: Change) -> Result<()> {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match durable.store.record(id, change.clone(), durable.ttl).await {
+            Ok(Recorded::Done) => return Ok(()),
+            Ok(Recorded::Moved) => {
+                let mut st = shared.lock();
+                shared.end(&mut st, EndReason::Moved, None);
+                return Err(Error::ConnectionClosed);
+            }
+            Ok(Recorded::Missing) => {
+                // The store lost it (a restart without persistence): this server's memory
+                // is the session, so write it whole again, then the change.
+                let snapshot = shared.lock().session.snapshot();
+                match durable.store.save(id, snapshot, durable.ttl).await {
+                    Ok(()) => {
+                        tracing::warn!(%id, "session store had lost the session; written again");
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(%id, error = %e, "session store: writing failed"),
+                }
+            }
+            Err(e) => tracing::warn!(%id, error = %e, "session store: recording failed; retrying"),
+        }
+        if shared.lock().ended.is_some() {
+            return Err(Error::ConnectionClosed);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// `recv` of a server session in a shared store: a delivery is recorded there before the
+/// message is returned, so that no server delivers it again.
+async fn recv_durable(shared: &Shared, durable: &Durable) -> Option<Result<Message>> {
+    let mut turn = durable.recv_turn.lock().await;
+    if turn.is_none() {
+        loop {
+            let notified = shared.to_recv.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = shared.lock();
+                if let Some(e) = st.errors.pop_front() {
+                    return Some(Err(e));
+                }
+                if let Some((kind, payload)) = st.session.poll_message(now()) {
+                    *turn = Some((st.session.delivered(), to_message(kind, payload)));
+                    break;
+                }
+                if st.ended.is_some() {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+    let n = turn.as_ref().map_or(0, |(n, _)| *n);
+    let (id, mut progress) = {
+        let st = shared.lock();
+        (st.session.id(), progress_of(&st))
+    };
+    progress.delivered = n;
+    if record(shared, durable, id, Change::Progress(progress))
+        .await
+        .is_err()
+    {
+        // The session ended (here, or it moved): this message was not taken here; the
+        // server that goes on with the session delivers it.
+        turn.take();
+        let mut st = shared.lock();
+        return st.errors.pop_front().map(Err);
+    }
+    let mut st = shared.lock();
+    let timer_before = st.session.poll_timeout();
+    st.session.confirm_delivered(n, now());
+    if st.session.has_transmit() || (timer_before.is_none() && st.session.poll_timeout().is_some())
+    {
+        shared.to_link.notify_waiters();
+    }
+    turn.take().map(|(_, msg)| Ok(msg))
+}
+
 impl SessionSender {
     /// As [`SessionHandle::send`].
     pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
@@ -476,6 +644,25 @@ impl SessionHandle {
     /// resume protocol, or a client that fell back to plain reconnects).
     pub fn is_resumable(&self) -> bool {
         self.shared.lock().resume
+    }
+
+    /// True for a server's handler of a session that started on another server sharing the
+    /// store (or on this one before a restart), restored from the store: what the previous
+    /// handler took and sent is done, and this handler goes on from there.
+    pub fn is_restored(&self) -> bool {
+        self.shared.lock().restored
+    }
+
+    /// Messages this end's application sent in the session (on a restored handler, those of
+    /// its predecessors included): a handler that numbers its messages goes on from here.
+    pub fn sent(&self) -> u64 {
+        self.shared.lock().session.sent()
+    }
+
+    /// Messages of the peer this end's application took in the session (predecessors'
+    /// included).
+    pub fn delivered(&self) -> u64 {
+        self.shared.lock().session.delivered()
     }
 
     /// True while a connection carries the session.
@@ -520,6 +707,9 @@ impl SessionHandle {
     /// **Cancel safety:** cancel-safe.
     pub async fn recv(&self) -> Option<Result<Message>> {
         let shared = &*self.shared;
+        if let Some(durable) = &shared.durable {
+            return recv_durable(shared, durable).await;
+        }
         // Fast path: a message is waiting (no waiter registered).
         if let Some(ready) = try_recv(shared, &mut shared.lock()) {
             return ready;
@@ -710,7 +900,7 @@ where
         let (deadline, close) = {
             let mut st = shared.lock();
             if st.link != gen {
-                return if st.ended.is_some() {
+                return if st.ended.is_some() && st.ended != Some(EndReason::Moved) {
                     LinkEnd::Closed {
                         code: close_code::NORMAL,
                         asked: true,
@@ -932,6 +1122,7 @@ impl SessionBuilder {
             self.on_event.clone(),
             None,
             Overflow::Wait,
+            None,
         );
         let task = Arc::clone(&shared);
         let connections = self.reconnect.clone().stream();
@@ -1276,35 +1467,121 @@ fn server_resume(
 
 // ----- the server -----
 
-/// Where a server keeps what it needs to resume sessions it does not hold in memory: a
-/// session's [`Snapshot`] by id, and why a session that is gone is gone. One session's state
-/// is read and written by key; every call is async, so that a store shared by several
-/// server processes (Redis) can implement it.
+/// Where a server keeps what it needs to resume sessions it does not hold in memory. One
+/// session's state is read and written by key; every call is async, so that a store shared
+/// by several server processes can implement it (`tether::redis::RedisStore`, feature `redis`).
 ///
-/// A [`SessionServer`] holds its live sessions itself and writes their snapshot here when
-/// their client goes away (and again on each send while it is away), and the ending when
-/// they end; it reads here only for a session it does not hold.
+/// A store works in one of two ways, as [`is_shared`](Self::is_shared) says:
+///
+/// * **Snapshots** (this process only, [`MemoryStore`]): a [`SessionServer`] holds its live
+///   sessions itself, writes their [`Snapshot`] with [`save`](Self::save) when their client
+///   goes away (and again on each send while it is away), reads with
+///   [`load`](Self::load) only a session it does not hold, and calls [`end`](Self::end).
+/// * **Shared** by several servers: the server also [`record`](Self::record)s every change
+///   as it happens (a new session, each message sent before it goes out, each delivery
+///   before the application sees it), takes a session with [`load`](Self::load) even when it
+///   holds it (the store decides who holds it now), and learns through
+///   [`watch`](Self::watch) that a client resumed elsewhere.
 pub trait SessionStore: Send + Sync + 'static {
-    /// Records the state of a session whose client is away, to be kept for `ttl`.
+    /// Records the whole state of a session, to be kept for `ttl` without news. A shared
+    /// store makes this server its holder.
     fn save(&self, id: SessionId, snapshot: Snapshot, ttl: Duration) -> BoxFuture<'_, Result<()>>;
 
-    /// The state of a session, or why it is gone.
+    /// The state of a session, or why it is gone. A shared store makes this server the
+    /// session's holder (later writes by the previous holder answer [`Recorded::Moved`]), or
+    /// answers [`Lookup::Held`] when this server holds it already.
     fn load(&self, id: SessionId) -> BoxFuture<'_, Result<Lookup>>;
 
     /// The session ended: forget its state; a later [`load`](Self::load) reports `reason`
-    /// (for a while) instead of [`Lookup::Unknown`].
+    /// (for a while) instead of [`Lookup::Unknown`]. A shared store ignores the call from a
+    /// server that no longer holds the session.
     fn end(&self, id: SessionId, reason: LostReason) -> BoxFuture<'_, Result<()>>;
+
+    /// True for a store shared by several servers, which must hear of every change
+    /// ([`record`](Self::record)). Default: false.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Records one change of a session held by this server, which the store keeps for `ttl`
+    /// from now. Only called when [`is_shared`](Self::is_shared). Default: nothing to do.
+    fn record(
+        &self,
+        id: SessionId,
+        change: Change,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Recorded>> {
+        let _ = (id, change, ttl);
+        Box::pin(async { Ok(Recorded::Done) })
+    }
+
+    /// Asks to be told (`moved(id)`) when a session may have been taken by another server;
+    /// the server then checks with a [`record`](Self::record). Called once, by
+    /// [`SessionServer::with_store`]. Default: never tells.
+    fn watch(&self, moved: Box<dyn Fn(SessionId) + Send + Sync>) {
+        let _ = moved;
+    }
 }
 
 /// What a [`SessionStore`] knows of a session.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Lookup {
     /// Its state, resumable.
     Found(Snapshot),
+    /// This server holds it already (shared stores): its memory is current.
+    Held,
     /// It ended, for this reason.
     Gone(LostReason),
     /// Nothing.
     Unknown,
+}
+
+/// A change of a session, for [`SessionStore::record`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Change {
+    /// A new session: nothing sent or delivered yet.
+    Created,
+    /// The application sent message `seq` (1, 2, …), to be kept until the client
+    /// acknowledges it.
+    Sent {
+        /// Its number.
+        seq: u64,
+        /// Text or binary.
+        kind: Kind,
+        /// Its payload.
+        payload: tether_proto::Bytes,
+        /// The counts as they stand.
+        progress: Progress,
+    },
+    /// The counts moved on.
+    Progress(Progress),
+}
+
+/// A session's counts, as a shared store keeps them. Either may be lower than what the store
+/// has (changes recorded concurrently): the store keeps the higher.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Client messages the server's application took.
+    pub delivered: u64,
+    /// Server messages the client's application took: those before it can be forgotten.
+    pub acknowledged: u64,
+}
+
+/// What became of a [`Change`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Recorded {
+    /// Recorded.
+    Done,
+    /// Another server holds the session now: nothing was recorded, and this server must let
+    /// the session go.
+    Moved,
+    /// The store has no such session and no record of its end (it lost its data): nothing
+    /// was recorded; the server writes the session whole again with
+    /// [`save`](SessionStore::save).
+    Missing,
 }
 
 /// A [`SessionStore`] in this process's memory: sessions survive reconnects, not a restart.
@@ -1414,7 +1691,11 @@ struct Registry {
     handler: Box<Handler>,
     live: Mutex<HashMap<SessionId, Arc<Shared>>>,
     store: Arc<dyn SessionStore>,
-    on_event: Option<Arc<OnEvent>>,
+    /// The store is shared with other servers: changes are recorded as they happen.
+    shared_store: bool,
+    /// The task that keeps connected sessions alive in a shared store runs.
+    keeping: std::sync::atomic::AtomicBool,
+    on_event: std::sync::OnceLock<Arc<OnEvent>>,
 }
 
 impl Registry {
@@ -1422,9 +1703,22 @@ impl Registry {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A session ended: drop it from memory and tell the store.
-    fn forget(&self, id: SessionId, reason: &EndReason) {
-        self.live().remove(&id);
+    /// A session ended: drop it from memory and tell the store (unless it moved to another
+    /// server, which holds it now).
+    fn forget(&self, id: SessionId, reason: &EndReason, ended: &Shared) {
+        {
+            let mut live = self.live();
+            // Not a session restored here meanwhile, after it moved away and back.
+            if live
+                .get(&id)
+                .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), ended))
+            {
+                live.remove(&id);
+            }
+        }
+        if *reason == EndReason::Moved {
+            return;
+        }
         let reason = match reason {
             EndReason::Expired => LostReason::Expired,
             EndReason::Overflow => LostReason::Overflow,
@@ -1438,6 +1732,77 @@ impl Registry {
                 }
             });
         }
+    }
+}
+
+impl Registry {
+    /// Another server may have taken this session: a write tells (and ends it here if so).
+    fn check_moved(self: &Arc<Self>, id: SessionId) {
+        let Some(shared) = self.live().get(&id).cloned() else {
+            return;
+        };
+        let store = Arc::clone(&self.store);
+        let ttl = self.config.ttl;
+        tokio::spawn(async move {
+            let progress = progress_of(&shared.lock());
+            if let Ok(Recorded::Moved) = store.record(id, Change::Progress(progress), ttl).await {
+                let mut st = shared.lock();
+                shared.end(&mut st, EndReason::Moved, None);
+            }
+        });
+    }
+
+    /// Keeps the connected sessions of a shared store alive there (a session only expires
+    /// once its client is away), every third of the time to live.
+    fn keep_alive(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if !self.shared_store || self.keeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let every = (self.config.ttl / 3).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(registry) = weak.upgrade() else {
+                    return;
+                };
+                // (The registry's lock is let go before a session's is taken: ending a
+                // session takes them the other way round.)
+                let live: Vec<_> = registry.live().values().cloned().collect();
+                let connected: Vec<_> = live
+                    .into_iter()
+                    .filter(|s| s.durable.is_some() && s.lock().link != 0)
+                    .collect();
+                let (store, ttl) = (Arc::clone(&registry.store), registry.config.ttl);
+                drop(registry);
+                for shared in connected {
+                    let (id, progress) = {
+                        let st = shared.lock();
+                        (st.session.id(), progress_of(&st))
+                    };
+                    match store.record(id, Change::Progress(progress), ttl).await {
+                        Ok(Recorded::Moved) => {
+                            let mut st = shared.lock();
+                            shared.end(&mut st, EndReason::Moved, None);
+                        }
+                        Ok(Recorded::Missing) => {
+                            let snapshot = shared.lock().session.snapshot();
+                            if let Err(e) = store.save(id, snapshot, ttl).await {
+                                tracing::warn!(%id, error = %e, "session store: writing failed");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(%id, error = %e, "session store: keep-alive failed")
+                        }
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -1500,25 +1865,34 @@ impl SessionServer {
         H: Fn(SessionHandle) -> F + Send + Sync + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
-        Self {
-            registry: Arc::new(Registry {
-                config,
-                handler: Box::new(move |h| Box::pin(handler(h))),
-                live: Mutex::new(HashMap::new()),
-                store,
-                on_event: None,
-            }),
+        let shared_store = store.is_shared();
+        let registry = Arc::new(Registry {
+            config,
+            handler: Box::new(move |h| Box::pin(handler(h))),
+            live: Mutex::new(HashMap::new()),
+            store,
+            shared_store,
+            keeping: std::sync::atomic::AtomicBool::new(false),
+            on_event: std::sync::OnceLock::new(),
+        });
+        if shared_store {
+            let weak = Arc::downgrade(&registry);
+            registry.store.watch(Box::new(move |id| {
+                if let Some(registry) = weak.upgrade() {
+                    registry.check_moved(id);
+                }
+            }));
         }
+        Self { registry }
     }
 
-    /// A callback for every [`SessionEvent`] of every session. Call before serving.
-    pub fn on_event<F>(mut self, callback: F) -> Self
+    /// A callback for every [`SessionEvent`] of every session. Call before serving (and
+    /// once: a second callback is ignored).
+    pub fn on_event<F>(self, callback: F) -> Self
     where
         F: Fn(&SessionEvent<'_>) + Send + Sync + 'static,
     {
-        if let Some(registry) = Arc::get_mut(&mut self.registry) {
-            registry.on_event = Some(Arc::new(callback));
-        }
+        let _ = self.registry.on_event.set(Arc::new(callback));
         self
     }
 
@@ -1553,6 +1927,7 @@ impl SessionServer {
         // link's state, not the handshake's nor a slot for the connection itself.
         let server = self.clone();
         let open = Box::pin(async move {
+            server.registry.keep_alive();
             let opened = server.open(ws).await;
             (server, opened)
         });
@@ -1601,34 +1976,56 @@ impl SessionServer {
         let mut existing = None;
         if let Some(id) = asked {
             let live = registry.live().get(&id).cloned();
-            match live {
-                Some(shared) => existing = Some(shared),
-                None => match registry.store.load(id).await {
-                    Ok(Lookup::Found(snapshot)) => {
-                        let config = registry.config.session.clone();
-                        match Session::restore(id, config, snapshot) {
-                            Ok(session) => {
-                                let shared = self.new_shared(true, session);
-                                registry.live().insert(id, Arc::clone(&shared));
-                                self.spawn_handler(&shared);
-                                existing = Some(shared);
-                            }
-                            Err(e) => {
-                                tracing::warn!(%id, error = %e, "stored session unusable");
-                                reason = LostReason::Unknown.as_str().to_owned();
-                            }
+            // A shared store decides who holds the session, even one held here.
+            let lookup = if live.is_some() && !registry.shared_store {
+                Ok(Lookup::Held)
+            } else {
+                registry.store.load(id).await
+            };
+            match lookup {
+                Ok(Lookup::Held) => match live {
+                    Some(shared) => existing = Some(shared),
+                    None => reason = LostReason::Unknown.as_str().to_owned(),
+                },
+                Ok(Lookup::Found(snapshot)) => {
+                    if let Some(stale) = live {
+                        // It moved away and came back: the copy here is out of date.
+                        let mut st = stale.lock();
+                        stale.end(&mut st, EndReason::Moved, None);
+                    }
+                    let config = registry.config.session.clone();
+                    match Session::restore(id, config, snapshot) {
+                        Ok(session) => {
+                            let shared = self.new_shared(true, session);
+                            shared.lock().restored = true;
+                            registry.live().insert(id, Arc::clone(&shared));
+                            self.spawn_handler(&shared);
+                            existing = Some(shared);
+                        }
+                        Err(e) => {
+                            tracing::warn!(%id, error = %e, "stored session unusable");
+                            reason = LostReason::Unknown.as_str().to_owned();
                         }
                     }
-                    Ok(Lookup::Gone(why)) => reason = why.as_str().to_owned(),
-                    Ok(Lookup::Unknown) => reason = LostReason::Unknown.as_str().to_owned(),
-                    Err(e) => {
-                        tracing::error!(%id, error = %e, "session store unavailable");
-                        let _ = ws
-                            .close(close_code::INTERNAL_ERROR, "session store unavailable")
-                            .await;
-                        return None;
+                }
+                Ok(Lookup::Unknown) if live.is_some() => {
+                    // The shared store lost it, but it lives here: write it again.
+                    let shared = live.unwrap_or_else(|| unreachable!("checked"));
+                    let snapshot = shared.lock().session.snapshot();
+                    match registry.store.save(id, snapshot, registry.config.ttl).await {
+                        Ok(()) => existing = Some(shared),
+                        Err(e) => return self.unavailable(ws, id, &e).await,
                     }
-                },
+                }
+                Ok(Lookup::Gone(why)) => {
+                    if let Some(stale) = live {
+                        let mut st = stale.lock();
+                        stale.end(&mut st, EndReason::Moved, None);
+                    }
+                    reason = why.as_str().to_owned();
+                }
+                Ok(_) => reason = LostReason::Unknown.as_str().to_owned(),
+                Err(e) => return self.unavailable(ws, id, &e).await,
             }
         }
         let (shared, gen, welcome) = match existing {
@@ -1682,6 +2079,40 @@ impl SessionServer {
                 (shared, gen, welcome)
             }
         };
+        if let Some(durable) = &shared.durable {
+            // The WELCOME tells the client what the application took: the store must know it
+            // first (for a new session: that the session exists).
+            let (id, progress) = {
+                let st = shared.lock();
+                (st.session.id(), progress_of(&st))
+            };
+            let change = match welcome {
+                Control::Welcome { resumed: false, .. } => Change::Created,
+                _ => Change::Progress(Progress {
+                    delivered: shared.lock().session.delivered(),
+                    ..progress
+                }),
+            };
+            match durable.store.record(id, change, durable.ttl).await {
+                Ok(Recorded::Done) => {
+                    let mut st = shared.lock();
+                    let delivered = st.session.delivered();
+                    st.session.confirm_delivered(delivered, now());
+                }
+                outcome => {
+                    let e = match outcome {
+                        Err(e) => e,
+                        Ok(other) => Error::Other(format!("session store: {other:?}").into()),
+                    };
+                    tracing::error!(%id, error = %e, "session store: recording failed");
+                    let _ = ws
+                        .close(close_code::INTERNAL_ERROR, "session store unavailable")
+                        .await;
+                    self.went_away(&shared, gen, &LinkEnd::Failed(e)).await;
+                    return None;
+                }
+            }
+        }
         if ws.send(Message::Binary(welcome.encode())).await.is_err() {
             self.went_away(&shared, gen, &LinkEnd::Failed(Error::ConnectionClosed))
                 .await;
@@ -1690,14 +2121,42 @@ impl SessionServer {
         Some((shared, gen, ws))
     }
 
-    fn new_shared(&self, resume: bool, session: Session) -> Arc<Shared> {
+    /// The store cannot be read: the client is told to come back (1011, which it retries).
+    async fn unavailable<S>(
+        &self,
+        mut ws: WebSocket<S>,
+        id: SessionId,
+        e: &Error,
+    ) -> Option<(Arc<Shared>, u64, WebSocket<S>)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        tracing::error!(%id, error = %e, "session store unavailable");
+        let _ = ws
+            .close(close_code::INTERNAL_ERROR, "session store unavailable")
+            .await;
+        None
+    }
+
+    fn new_shared(&self, resume: bool, mut session: Session) -> Arc<Shared> {
+        let registry = &self.registry;
+        let durable = (resume && registry.shared_store).then(|| {
+            session.hold_acks();
+            Box::new(Durable {
+                store: Arc::clone(&registry.store),
+                ttl: registry.config.ttl,
+                send_turn: tokio::sync::Mutex::new(()),
+                recv_turn: tokio::sync::Mutex::new(None),
+            })
+        });
         Shared::new(
             Side::Server,
             resume,
             session,
-            self.registry.on_event.clone(),
-            Some(Arc::downgrade(&self.registry)),
-            self.registry.config.overflow,
+            registry.on_event.get().cloned(),
+            Some(Arc::downgrade(registry)),
+            registry.config.overflow,
+            durable,
         )
     }
 
@@ -1721,7 +2180,24 @@ impl SessionServer {
             (st.session.id(), st.away_epoch, st.session.snapshot())
         };
         let ttl = self.registry.config.ttl;
-        if let Err(e) = self.registry.store.save(id, snapshot, ttl).await {
+        if shared.durable.is_some() {
+            // Everything is recorded already; this starts the store's clock on it.
+            let progress = progress_of(&shared.lock());
+            match self
+                .registry
+                .store
+                .record(id, Change::Progress(progress), ttl)
+                .await
+            {
+                Ok(Recorded::Moved) => {
+                    let mut st = shared.lock();
+                    shared.end(&mut st, EndReason::Moved, None);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%id, error = %e, "session store: recording failed"),
+            }
+        } else if let Err(e) = self.registry.store.save(id, snapshot, ttl).await {
             tracing::warn!(%id, error = %e, "session store: saving failed");
         }
         let weak = Arc::downgrade(shared);

@@ -36,7 +36,10 @@ pub(crate) struct HandshakeCut {
 }
 
 struct Control {
-    target: Mutex<SocketAddr>,
+    /// Where new connections go: each to the next in turn (a load balancer), skipping one
+    /// that refuses.
+    targets: Mutex<Vec<SocketAddr>>,
+    turn: AtomicU64,
     /// While set, connections are reset as soon as they are accepted.
     down: std::sync::atomic::AtomicBool,
     conns: Mutex<Vec<watch::Sender<Option<Fault>>>>,
@@ -54,10 +57,18 @@ pub(crate) struct ChaosProxy {
 impl ChaosProxy {
     /// Starts a proxy in front of `target`.
     pub(crate) async fn start(target: SocketAddr) -> Self {
+        Self::balance(vec![target]).await
+    }
+
+    /// Starts a proxy that sends each new connection to the next of `targets` in turn, as a
+    /// round-robin load balancer does (one that refuses is skipped).
+    pub(crate) async fn balance(targets: Vec<SocketAddr>) -> Self {
+        assert!(!targets.is_empty());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let control = Arc::new(Control {
-            target: Mutex::new(target),
+            targets: Mutex::new(targets),
+            turn: Default::default(),
             down: Default::default(),
             conns: Default::default(),
             handshake_cut: Default::default(),
@@ -70,8 +81,17 @@ impl ChaosProxy {
                     let _ = client.set_zero_linger();
                     continue;
                 }
-                let target = *ctl.target.lock().unwrap();
-                let Ok(server) = TcpStream::connect(target).await else {
+                let targets = ctl.targets.lock().unwrap().clone();
+                let first = ctl.turn.fetch_add(1, Ordering::Relaxed) as usize;
+                let mut server = None;
+                for i in 0..targets.len() {
+                    let target = targets[(first + i) % targets.len()];
+                    if let Ok(s) = TcpStream::connect(target).await {
+                        server = Some(s);
+                        break;
+                    }
+                }
+                let Some(server) = server else {
                     continue;
                 };
                 ctl.accepted.fetch_add(1, Ordering::Relaxed);
@@ -122,7 +142,7 @@ impl ChaosProxy {
 
     /// Sends new connections to another server.
     pub(crate) fn retarget(&self, target: SocketAddr) {
-        *self.control.target.lock().unwrap() = target;
+        *self.control.targets.lock().unwrap() = vec![target];
     }
 
     /// While `down`, every new connection is reset at once (the server is unreachable).

@@ -3,3 +3,4 @@
 
 pub(crate) mod browser;
 pub(crate) mod chaos_proxy;
+pub(crate) mod redis;

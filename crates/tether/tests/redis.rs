@@ -1,0 +1,736 @@
+//! Sessions shared by several server nodes through a real Redis (`redis-server`, started
+//! by each test on a free port): a client resumes on whichever node its reconnect lands on,
+//! with nothing lost, repeated or reordered; a node that dies leaves its sessions to the
+//! others; Redis itself may be unreachable, restart empty, or stall.
+//!
+//! Every node runs in a tokio runtime of its own, so that a test can kill one outright (its
+//! runtime is dropped mid-flight: whatever it had not written to Redis is gone).
+//!
+//! The server's handler is written to be correct wherever its session goes (the pattern
+//! `docs/scaling.md` shows): it reports every client message it takes, and numbers its own
+//! messages on from [`SessionHandle::sent`], so that a handler on the node a session moved
+//! to goes on exactly where the previous one stopped.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng as _;
+use support::chaos_proxy::{ChaosProxy, Fault, HandshakeCut};
+use support::redis::Redis;
+use tether::reconnect::Backoff;
+use tether::redis::RedisStore;
+use tether::session::{EndReason, SessionEvent, SessionHandle, SessionServer, SessionServerConfig};
+use tether::{ClientBuilder, Config, Message, Policy, Server, ServerConfig};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+/// Bounds every wait, so that a bug fails the test instead of hanging it.
+const GUARD: Duration = Duration::from_secs(120);
+
+/// Message `n` of a side: text for odd numbers, binary for even ones.
+fn message(side: char, n: u64) -> Message {
+    let text = format!("{side}{n}");
+    if n % 2 == 1 {
+        Message::text(text)
+    } else {
+        Message::binary(text.into_bytes())
+    }
+}
+
+/// The number of a message from `side`, checking its kind.
+fn number(side: char, msg: &Message) -> u64 {
+    let text = std::str::from_utf8(msg.as_bytes()).unwrap();
+    let n: u64 = text
+        .strip_prefix(side)
+        .unwrap_or_else(|| panic!("message {text:?} is not from {side}"))
+        .parse()
+        .unwrap();
+    assert_eq!(
+        msg.is_text(),
+        n % 2 == 1,
+        "message {n} arrived as the wrong kind"
+    );
+    n
+}
+
+/// What the handlers of every node report to the test.
+#[derive(Debug)]
+enum Report {
+    /// A handler started: on which node, for a restored session or a new one, and the
+    /// session's counts then.
+    Started {
+        node: usize,
+        handler: u64,
+        restored: bool,
+        sent: u64,
+        delivered: u64,
+    },
+    /// A handler took client message `n`.
+    Took { handler: u64, n: u64 },
+    /// A handler's session ended here.
+    Ended {
+        handler: u64,
+        reason: Option<EndReason>,
+    },
+}
+
+/// How the test's server behaves.
+#[derive(Clone, Copy)]
+struct Plan {
+    /// Messages the server sends in the session.
+    messages: u64,
+    /// Messages per tick, and the tick.
+    batch: u64,
+    tick: Duration,
+}
+
+static HANDLERS: AtomicU64 = AtomicU64::new(0);
+
+/// One server node: a `SessionServer` on a `RedisStore`, in a runtime of its own.
+struct Node {
+    addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Node {
+    fn start(
+        index: usize,
+        url: &str,
+        prefix: &str,
+        plan: Plan,
+        report: mpsc::UnboundedSender<Report>,
+    ) -> Self {
+        let (url, prefix) = (url.to_owned(), prefix.to_owned());
+        // (Made on a thread of its own: a runtime cannot be started from within the test's.)
+        let (addr, runtime) = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let addr = runtime.block_on(async move {
+                let store = Arc::new(RedisStore::open_with_prefix(&url, &prefix).unwrap());
+                let sessions = SessionServer::with_store(
+                    SessionServerConfig::default(),
+                    store,
+                    move |session| handler(index, session, plan, report.clone()),
+                );
+                let config = sessions.server_config(ServerConfig::default().config(keepalive()));
+                let server = Server::bind("127.0.0.1:0", config).await.unwrap();
+                let addr = server.local_addr().unwrap();
+                tokio::spawn(server.serve(move |ws, _| sessions.serve(ws)));
+                addr
+            });
+            (addr, runtime)
+        })
+        .join()
+        .unwrap();
+        Self {
+            addr,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Kills the node: every task stops where it is, every socket closes.
+    fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn handler(
+    node: usize,
+    session: SessionHandle,
+    plan: Plan,
+    report: mpsc::UnboundedSender<Report>,
+) {
+    let id = HANDLERS.fetch_add(1, Ordering::Relaxed);
+    let _ = report.send(Report::Started {
+        node,
+        handler: id,
+        restored: session.is_restored(),
+        sent: session.sent(),
+        delivered: session.delivered(),
+    });
+    // Numbers go on from what the session sent, wherever it started.
+    let first = session.sent() + 1;
+    let sender = session.sender();
+    let sending = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(plan.tick);
+        let mut n = first;
+        while n <= plan.messages {
+            ticker.tick().await;
+            for _ in 0..plan.batch {
+                if n > plan.messages || sender.send(message('s', n)).await.is_err() {
+                    return;
+                }
+                n += 1;
+            }
+        }
+    });
+    while let Some(Ok(msg)) = session.recv().await {
+        let _ = report.send(Report::Took {
+            handler: id,
+            n: number('c', &msg),
+        });
+    }
+    sending.abort();
+    let _ = report.send(Report::Ended {
+        handler: id,
+        reason: session.end_reason(),
+    });
+}
+
+fn keepalive() -> Config {
+    Config::default()
+        .ping_interval(Some(Duration::from_millis(100)))
+        .ping_timeout(Some(Duration::from_millis(200)))
+}
+
+/// A client session through `addr`, counting resumes and losses.
+struct Client {
+    session: SessionHandle,
+    resumes: Arc<AtomicU64>,
+    lost: Arc<AtomicU64>,
+}
+
+fn client(addr: SocketAddr) -> Client {
+    let resumes = Arc::new(AtomicU64::new(0));
+    let lost = Arc::new(AtomicU64::new(0));
+    let (r, l) = (Arc::clone(&resumes), Arc::clone(&lost));
+    let policy = Policy::default()
+        .backoff(Backoff {
+            initial: Duration::from_millis(20),
+            min: Duration::from_millis(20),
+            factor: 1.5,
+            max: Duration::from_millis(200),
+            ..Backoff::default()
+        })
+        .min_uptime(Duration::ZERO);
+    let session = ClientBuilder::new(format!("ws://{addr}/"))
+        .config(keepalive())
+        .open_timeout(Duration::from_secs(2))
+        .reconnecting()
+        .policy(policy)
+        .session()
+        .handshake_timeout(Duration::from_secs(1))
+        .on_event(move |e| match e {
+            SessionEvent::Resumed { .. } => {
+                r.fetch_add(1, Ordering::Relaxed);
+            }
+            SessionEvent::Lost(_) => {
+                l.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        })
+        .start();
+    Client {
+        session,
+        resumes,
+        lost,
+    }
+}
+
+/// Sends c1..=count, `batch` per `tick`.
+fn send_numbers(
+    session: &SessionHandle,
+    count: u64,
+    batch: u64,
+    tick: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let sender = session.sender();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(tick);
+        let mut n = 1;
+        while n <= count {
+            ticker.tick().await;
+            for _ in 0..batch {
+                if n > count {
+                    break;
+                }
+                sender
+                    .send(message('c', n))
+                    .await
+                    .unwrap_or_else(|e| panic!("send {n}: {e}"));
+                n += 1;
+            }
+        }
+    })
+}
+
+/// Takes s1..=count, asserting each is the next one.
+async fn take_numbers(session: &SessionHandle, count: u64) {
+    let mut expected = 1;
+    while expected <= count {
+        match session.recv().await {
+            Some(Ok(msg)) => {
+                assert_eq!(number('s', &msg), expected, "in order, exactly once");
+                expected += 1;
+            }
+            other => panic!("session broke after {} messages: {other:?}", expected - 1),
+        }
+    }
+}
+
+/// What one handler reported.
+#[derive(Debug)]
+struct Log {
+    node: usize,
+    restored: bool,
+    /// The session's counts when the handler started.
+    sent: u64,
+    delivered: u64,
+    taken: Vec<u64>,
+    /// Set once the handler ended: how its session ended (`None`: still going on).
+    end: Option<Option<EndReason>>,
+}
+
+/// What the handlers reported, by handler.
+#[derive(Debug, Default)]
+struct Handlers {
+    by_id: BTreeMap<u64, Log>,
+}
+
+impl Handlers {
+    /// Takes reports until `done` holds (bounded by the guard).
+    async fn absorb_until(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Report>,
+        done: impl Fn(&Self) -> bool,
+    ) {
+        timeout(GUARD, async {
+            while !done(self) {
+                let report = rx.recv().await.expect("the nodes report");
+                self.absorb(report);
+            }
+        })
+        .await
+        .expect("the handlers did not report in time");
+    }
+
+    /// Takes the reports already there.
+    fn absorb_ready(&mut self, rx: &mut mpsc::UnboundedReceiver<Report>) {
+        while let Ok(report) = rx.try_recv() {
+            self.absorb(report);
+        }
+    }
+
+    fn absorb(&mut self, report: Report) {
+        {
+            match report {
+                Report::Started {
+                    node,
+                    handler,
+                    restored,
+                    sent,
+                    delivered,
+                } => {
+                    let log = Log {
+                        node,
+                        restored,
+                        sent,
+                        delivered,
+                        taken: Vec::new(),
+                        end: None,
+                    };
+                    self.by_id.insert(handler, log);
+                }
+                Report::Took { handler, n } => self.by_id.get_mut(&handler).unwrap().taken.push(n),
+                Report::Ended { handler, reason } => {
+                    self.by_id.get_mut(&handler).unwrap().end = Some(reason)
+                }
+            }
+        }
+    }
+
+    /// Every handler took consecutive numbers starting right after what its session had
+    /// delivered when it started; together they took exactly 1..=count, once each.
+    fn assert_took_exactly(&self, count: u64) {
+        let mut all = Vec::new();
+        for (
+            id,
+            Log {
+                delivered, taken, ..
+            },
+        ) in &self.by_id
+        {
+            let expected: Vec<u64> = (delivered + 1..).take(taken.len()).collect();
+            assert_eq!(taken, &expected, "handler {id} took out of sequence");
+            all.extend_from_slice(taken);
+        }
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (1..=count).collect::<Vec<_>>(),
+            "the handlers together took 1..={count}"
+        );
+    }
+
+    fn restored(&self) -> usize {
+        self.by_id.values().filter(|h| h.restored).count()
+    }
+}
+
+fn prefix() -> String {
+    format!("t{:08x}", rand::random::<u32>())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moves_to_another_node_with_nothing_lost_or_repeated() {
+    let redis = Redis::start();
+    let prefix = prefix();
+    let plan = Plan {
+        messages: 200,
+        batch: 1,
+        tick: Duration::from_millis(2),
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let a = Node::start(0, &redis.url(), &prefix, plan, tx.clone());
+    let b = Node::start(1, &redis.url(), &prefix, plan, tx);
+    let proxy = ChaosProxy::start(a.addr).await;
+    let c = client(proxy.addr());
+    let sending = send_numbers(&c.session, 200, 1, Duration::from_millis(2));
+    let session = &c.session;
+    let taking = async {
+        take_numbers(session, 200).await;
+    };
+    let moving = async {
+        // Once both directions are under way, the connection breaks and the client's
+        // reconnect lands on the other node.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        proxy.retarget(b.addr);
+        proxy.fault(Fault::Rst);
+    };
+    timeout(GUARD, async { tokio::join!(taking, moving) })
+        .await
+        .unwrap();
+    timeout(GUARD, sending).await.unwrap().unwrap();
+    timeout(GUARD, c.session.close()).await.unwrap().unwrap();
+
+    let mut handlers = Handlers::default();
+    // The handlers report their end once the close reached them.
+    handlers
+        .absorb_until(&mut rx, |h| {
+            h.by_id.len() == 2 && h.by_id.values().all(|h| h.end.is_some())
+        })
+        .await;
+    handlers.assert_took_exactly(200);
+    let (first, second) = (
+        &handlers.by_id.values().next().unwrap(),
+        &handlers.by_id.values().nth(1).unwrap(),
+    );
+    assert_eq!(
+        (first.node, first.restored),
+        (0, false),
+        "a new session on node A"
+    );
+    assert_eq!(
+        (second.node, second.restored),
+        (1, true),
+        "restored on node B"
+    );
+    assert!(
+        second.sent > 0 && second.delivered > 0,
+        "B went on from A's counts: {second:?}"
+    );
+    assert_eq!(
+        first.end,
+        Some(Some(EndReason::Moved)),
+        "A's handler is told the session moved"
+    );
+    assert_eq!(second.end, Some(Some(EndReason::ClosedByPeer)));
+    assert_eq!(c.lost.load(Ordering::Relaxed), 0);
+    assert!(c.resumes.load(Ordering::Relaxed) >= 1);
+}
+
+/// The multi-node chaos run: three nodes behind a balancer that sends each new connection
+/// to the next node and breaks connections every 50–500 ms (RST, FIN, mid-frame, a cut
+/// opening handshake, a blackhole), while client and server each send 10,000 numbered
+/// messages. Both sides take exactly 1..=10,000 in order; most reconnects land on another
+/// node, and at least 10 such moves are asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_random_cuts_across_three_nodes() {
+    const MESSAGES: u64 = 10_000;
+    let redis = Redis::start();
+    let prefix = prefix();
+    let plan = Plan {
+        messages: MESSAGES,
+        batch: 10,
+        tick: Duration::from_millis(10),
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| Node::start(i, &redis.url(), &prefix, plan, tx.clone()))
+        .collect();
+    drop(tx);
+    let proxy = ChaosProxy::balance(nodes.iter().map(|n| n.addr).collect()).await;
+    let c = client(proxy.addr());
+
+    let chaos_proxy = proxy.clone();
+    let cuts = Arc::new(AtomicU64::new(0));
+    let chaos_cuts = Arc::clone(&cuts);
+    let chaos = tokio::spawn(async move {
+        loop {
+            let (wait, pick, from_client, bytes) = {
+                let mut rng = rand::rng();
+                (
+                    rng.random_range(50..=500),
+                    rng.random_range(0..5),
+                    rng.random_bool(0.5),
+                    rng.random_range(1..200),
+                )
+            };
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            match pick {
+                0 => chaos_proxy.fault(Fault::Rst),
+                1 => chaos_proxy.fault(Fault::Fin),
+                2 => chaos_proxy.fault(Fault::MidFrame),
+                3 => chaos_proxy.fault(Fault::Blackhole),
+                _ => {
+                    chaos_proxy.cut_next_handshake(HandshakeCut { from_client, bytes });
+                    chaos_proxy.fault(Fault::Rst);
+                }
+            }
+            chaos_cuts.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let sending = send_numbers(&c.session, MESSAGES, 10, Duration::from_millis(10));
+    timeout(GUARD, take_numbers(&c.session, MESSAGES))
+        .await
+        .expect("the client did not receive everything in time");
+    timeout(GUARD, sending).await.unwrap().unwrap();
+    let mut handlers = Handlers::default();
+    handlers
+        .absorb_until(&mut rx, |h| {
+            h.by_id.values().map(|h| h.taken.len() as u64).sum::<u64>() == MESSAGES
+        })
+        .await;
+    chaos.abort();
+    timeout(GUARD, c.session.close()).await.unwrap().unwrap();
+    handlers.absorb_ready(&mut rx);
+
+    let moves = handlers.restored();
+    println!(
+        "{} faults, {} resumes, {} connections, {} handlers, {moves} moves to another node",
+        cuts.load(Ordering::Relaxed),
+        c.resumes.load(Ordering::Relaxed),
+        proxy.accepted(),
+        handlers.by_id.len(),
+    );
+    handlers.assert_took_exactly(MESSAGES);
+    assert_eq!(c.lost.load(Ordering::Relaxed), 0, "no session lost");
+    assert!(moves >= 10, "only {moves} moves to another node");
+    let nodes_used: std::collections::BTreeSet<_> =
+        handlers.by_id.values().map(|h| h.node).collect();
+    assert_eq!(
+        nodes_used.len(),
+        3,
+        "every node carried the session at some point"
+    );
+    drop(nodes);
+}
+
+/// What `docs/scaling.md` promises when a node dies: every message a handler sent (its
+/// `send` returned) reaches the client, exactly once and in order, from the node the session
+/// moves to; every client message is taken at most once, and only one can be missing: the
+/// one whose delivery was recorded as the node died, before its handler saw it (as when a
+/// handler crashes right after `recv`). The test reports that gap when it happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_a_killed_node_resume_on_another() {
+    const MESSAGES: u64 = 2_000;
+    let redis = Redis::start();
+    let prefix = prefix();
+    let plan = Plan {
+        messages: MESSAGES,
+        batch: 5,
+        tick: Duration::from_millis(5),
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut a = Node::start(0, &redis.url(), &prefix, plan, tx.clone());
+    let b = Node::start(1, &redis.url(), &prefix, plan, tx);
+    // The balancer sends the first connection to A, and skips A once it is dead.
+    let proxy = ChaosProxy::balance(vec![a.addr, b.addr]).await;
+    let c = client(proxy.addr());
+    let sending = send_numbers(&c.session, MESSAGES, 5, Duration::from_millis(5));
+    let session = &c.session;
+    let killing = async {
+        // Mid-run, with traffic both ways.
+        while session.delivered() < MESSAGES / 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        proxy.retarget(b.addr);
+        a.kill();
+    };
+    timeout(GUARD, async {
+        tokio::join!(take_numbers(session, MESSAGES), killing)
+    })
+    .await
+    .expect("the client did not receive everything in time");
+    timeout(GUARD, sending).await.unwrap().unwrap();
+    let mut handlers = Handlers::default();
+    // B's handler takes everything A did not.
+    handlers
+        .absorb_until(&mut rx, |h| {
+            h.by_id
+                .values()
+                .any(|h| h.node == 1 && h.taken.last() == Some(&MESSAGES))
+        })
+        .await;
+    timeout(GUARD, c.session.close()).await.unwrap().unwrap();
+
+    let on_a: Vec<_> = handlers.by_id.values().filter(|h| h.node == 0).collect();
+    let on_b: Vec<_> = handlers.by_id.values().filter(|h| h.node == 1).collect();
+    assert_eq!((on_a.len(), on_b.len()), (1, 1), "{handlers:?}");
+    let (a_taken, b) = (&on_a[0].taken, on_b[0]);
+    assert!(b.restored, "restored on B");
+    // Each handler took consecutive numbers: A from 1, B from what the store recorded.
+    assert_eq!(a_taken, &(1..=a_taken.len() as u64).collect::<Vec<_>>());
+    assert_eq!(b.taken, (b.delivered + 1..=MESSAGES).collect::<Vec<_>>());
+    let gap = b.delivered - a_taken.len() as u64;
+    println!(
+        "A took {}, B went on after {} (gap {gap}); B resumed with {} of its messages sent",
+        a_taken.len(),
+        b.delivered,
+        b.sent
+    );
+    assert!(gap <= 1, "{gap} client messages lost with node A");
+    assert_eq!(c.lost.load(Ordering::Relaxed), 0);
+}
+
+/// Redis is killed mid-run (its data gone) and restarted empty: sessions wait meanwhile,
+/// nothing is lost; the nodes write their sessions again, and a client then resumes on the
+/// other node from what was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_nothing() {
+    const MESSAGES: u64 = 1_000;
+    let mut redis = Redis::start();
+    let prefix = prefix();
+    let plan = Plan {
+        messages: MESSAGES,
+        batch: 2,
+        tick: Duration::from_millis(2),
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let a = Node::start(0, &redis.url(), &prefix, plan, tx.clone());
+    let b = Node::start(1, &redis.url(), &prefix, plan, tx);
+    let proxy = ChaosProxy::start(a.addr).await;
+    let c = client(proxy.addr());
+    let sending = send_numbers(&c.session, MESSAGES, 2, Duration::from_millis(2));
+    let session = &c.session;
+    let outage = async {
+        while session.delivered() < MESSAGES / 4 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        redis.stop();
+        // Down for a while: the session stalls (its sends and deliveries wait for Redis).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let stalled = session.delivered();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            session.delivered(),
+            stalled,
+            "nothing is sent while Redis is down"
+        );
+        redis.restart();
+        while session.delivered() < MESSAGES / 2 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // Resumed on B from what A wrote again.
+        proxy.retarget(b.addr);
+        proxy.fault(Fault::Rst);
+    };
+    timeout(GUARD, async {
+        tokio::join!(take_numbers(session, MESSAGES), outage)
+    })
+    .await
+    .expect("the client did not receive everything in time");
+    timeout(GUARD, sending).await.unwrap().unwrap();
+    let mut handlers = Handlers::default();
+    handlers
+        .absorb_until(&mut rx, |h| {
+            h.by_id.values().map(|h| h.taken.len() as u64).sum::<u64>() == MESSAGES
+        })
+        .await;
+    timeout(GUARD, c.session.close()).await.unwrap().unwrap();
+    handlers.assert_took_exactly(MESSAGES);
+    assert_eq!(handlers.restored(), 1, "resumed once on B: {handlers:?}");
+    assert_eq!(c.lost.load(Ordering::Relaxed), 0);
+}
+
+/// A node whose Redis is unreachable still starts and serves plain WebSocket clients; new
+/// sessions are refused with 1011 (the client retries) until Redis is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_without_redis_and_sessions_begin_once_it_is_up() {
+    let mut redis = Redis::start();
+    redis.stop();
+    let prefix = prefix();
+    let plan = Plan {
+        messages: 5,
+        batch: 5,
+        tick: Duration::from_millis(1),
+    };
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let a = Node::start(0, &redis.url(), &prefix, plan, tx);
+
+    // Plain traffic does not need Redis.
+    let mut plain = ClientBuilder::new(format!("ws://{}/", a.addr))
+        .connect()
+        .await
+        .unwrap();
+    for n in 1..=5 {
+        let msg = timeout(GUARD, plain.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(number('s', &msg), n);
+    }
+    plain.close(1000, "").await.unwrap();
+
+    // A session is refused (1011) and tried again until Redis answers.
+    let retries = Arc::new(AtomicU64::new(0));
+    let r = Arc::clone(&retries);
+    let policy = Policy::default()
+        .backoff(Backoff {
+            initial: Duration::from_millis(50),
+            min: Duration::from_millis(50),
+            factor: 1.0,
+            max: Duration::from_millis(50),
+            ..Backoff::default()
+        })
+        .min_uptime(Duration::ZERO);
+    let session = ClientBuilder::new(format!("ws://{}/", a.addr))
+        .reconnecting()
+        .policy(policy)
+        .on_event(move |e| {
+            if let tether::reconnect::ReconnectEvent::Connecting { .. } = e {
+                r.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .session()
+        .start();
+    timeout(GUARD, async {
+        while retries.load(Ordering::Relaxed) < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!session.is_connected());
+    redis.restart();
+    timeout(GUARD, take_numbers(&session, 5)).await.unwrap();
+    assert!(session.is_connected());
+    timeout(GUARD, session.close()).await.unwrap().unwrap();
+}
