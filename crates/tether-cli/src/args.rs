@@ -203,6 +203,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "S", value_parser = parse_secs, requires = "resume")]
     pub(crate) session_ttl: Option<Duration>,
 
+    /// Keep sessions (and, with --broadcast, the broadcast) in this Redis, shared by every
+    /// `tether serve` that uses it: a client may resume on any of them.
+    /// [default: sessions live in this process]
+    #[arg(long, value_name = "URL", value_parser = parse_redis_url, requires = "resume")]
+    pub(crate) session_store: Option<String>,
+
     /// Require HTTP Basic credentials; other upgrade requests get 401.
     #[arg(long, value_name = "USER:PASS", value_parser = parse_credentials)]
     pub(crate) auth: Option<(String, String)>,
@@ -249,6 +255,21 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is not a number of seconds (0 or more)"));
     }
     Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} seconds is too long"))
+}
+
+/// A `redis://HOST:PORT[/DB]` URL (or `rediss://` for TLS).
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    let url = Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "redis" | "rediss") {
+        return Err(format!(
+            "the scheme is {}, not redis or rediss (use redis://HOST:PORT[/DB])",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host (use redis://HOST:PORT[/DB])".to_owned());
+    }
+    Ok(s.to_owned())
 }
 
 /// A backoff growth factor: a finite number, at least 1.

@@ -4,6 +4,7 @@
 //! or SIGTERM starts the library's graceful shutdown: every connection is closed with 1001.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
+use tether::redis::RedisStore;
 use tether::session::{Overflow, SessionEvent, SessionHandle, SessionServer, SessionServerConfig};
 use tether::{
     HttpResponse, Message, PreparedMessage, Server, ServerConfig, ShutdownHandle, WebSocket,
@@ -57,7 +59,14 @@ pub(crate) async fn run(args: ServeArgs) -> i32 {
         },
         _ => false,
     };
-    let sessions = args.resume.then(|| session_server(&args, Arc::clone(&log)));
+    let sessions = if args.resume {
+        match session_server(&args, Arc::clone(&log)).await {
+            Ok(sessions) => Some(sessions),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
     if let Some(sessions) = &sessions {
         config = sessions.server_config(config);
     }
@@ -121,7 +130,11 @@ pub(crate) async fn run(args: ServeArgs) -> i32 {
 
 /// The sessions of `serve --resume`: each session echoes, or relays to every session
 /// (`--broadcast`), for as long as it lives, across its client's reconnects.
-fn session_server(args: &ServeArgs, log: Arc<Log>) -> SessionServer {
+fn session_server(
+    args: &ServeArgs,
+    log: Arc<Log>,
+) -> impl Future<Output = Result<SessionServer, i32>> {
+    let store = args.session_store.clone();
     let mut config = SessionServerConfig::default();
     if let Some(ttl) = args.session_ttl {
         config.ttl = ttl;
@@ -134,8 +147,9 @@ fn session_server(args: &ServeArgs, log: Arc<Log>) -> SessionServer {
         config.overflow = Overflow::End;
     }
     let events = Arc::clone(&log);
+    let status = Arc::clone(&log);
     let next_id = Arc::new(AtomicU64::new(0));
-    SessionServer::new(config, move |session| {
+    let handler = move |session: SessionHandle| {
         let log = Arc::clone(&log);
         let outboxes = Arc::clone(&outboxes);
         let id = next_id.fetch_add(1, Ordering::Relaxed);
@@ -151,8 +165,27 @@ fn session_server(args: &ServeArgs, log: Arc<Log>) -> SessionServer {
                 }
             }
         }
-    })
-    .on_event(move |event| events.session(event))
+    };
+    async move {
+        let sessions = match &store {
+            None => SessionServer::new(config, handler),
+            Some(url) => {
+                let store = RedisStore::open(url).map_err(|e| {
+                    eprintln!("tether serve: cannot use --session-store {url}: {e}");
+                    EXIT_USAGE
+                })?;
+                // Redis may come later: until it answers, new sessions are refused with
+                // 1011 (clients retry) and plain clients are served.
+                if let Err(e) = store.ping().await {
+                    status.status(&format!(
+                        "session store {url} does not answer yet ({e}); sessions wait for it"
+                    ));
+                }
+                SessionServer::with_store(config, Arc::new(store), handler)
+            }
+        };
+        Ok(sessions.on_event(move |event| events.session(event)))
+    }
 }
 
 /// Where `--broadcast --resume` queues messages for each session, in order.

@@ -12,6 +12,11 @@ use serde_json::Value;
 use tether::{Message, ServerConfig};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+/// A redis-server of the test's own (the library's test helper).
+#[path = "../../tether/tests/support/redis.rs"]
+#[allow(dead_code)]
+mod redis_server;
+
 /// Longest wait for any one expected line or exit.
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -1095,4 +1100,63 @@ fn a_session_the_server_cannot_resume_is_reported_then_exit_1_or_a_new_session()
         client.close_stdin();
         assert_eq!(client.wait_exit(), 0);
     }
+}
+
+#[test]
+fn two_serve_processes_share_sessions_through_redis() {
+    let redis = redis_server::Redis::start();
+    let store = redis.url();
+    let (mut first, port) = serve(&["--resume", "--session-store", &store, "--json"]);
+    let (mut second, other) = serve(&["--resume", "--session-store", &store, "--json"]);
+    let relay = CuttableRelay::start(format!("127.0.0.1:{port}").parse().unwrap());
+    let url = format!("ws://{}/", relay.addr);
+    let mut client = spawn_owned(&quick(&url, &["--resume"]));
+    client.write("one\n");
+    assert_eq!(client.wait_event("open")["resumed"], false);
+    assert_eq!(client.wait_event("message")["data"], "one");
+    // The first process dies (SIGKILL); the client's reconnect reaches the second one.
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    relay.retarget(other);
+    relay.cut();
+    client.write("two\nthree\n");
+    let open = client.wait_event("open");
+    assert_eq!(
+        open["resumed"], true,
+        "resumed on the other process: {open}"
+    );
+    client.close_stdin();
+    let mut texts = Vec::new();
+    loop {
+        let event = client.next_event();
+        match event["event"].as_str() {
+            Some("message") => texts.push(event["data"].as_str().unwrap().to_owned()),
+            Some("closed") if event["code"] == 1000 => break,
+            Some("session_lost") | Some("fatal") => panic!("unexpected {event}"),
+            _ => {}
+        }
+    }
+    assert_eq!(texts, ["two", "three"], "each echo exactly once, in order");
+    assert_eq!(client.wait_exit(), 0);
+    let resumed = second.wait_event("session");
+    assert_eq!(resumed["state"], "resumed", "{resumed}");
+}
+
+#[test]
+fn a_session_store_that_is_not_redis_is_a_usage_error() {
+    let mut serve = Proc::spawn(&[
+        "serve",
+        "127.0.0.1:0",
+        "--resume",
+        "--session-store",
+        "http://x/",
+    ]);
+    assert_eq!(serve.wait_exit(), 2);
+    let mut serve = Proc::spawn(&[
+        "serve",
+        "127.0.0.1:0",
+        "--session-store",
+        "redis://127.0.0.1:1/",
+    ]);
+    assert_eq!(serve.wait_exit(), 2, "--session-store needs --resume");
 }
