@@ -368,6 +368,8 @@ pub struct Snapshot {
     pub peer_delivered: u64,
     /// Messages `peer_delivered + 1 ..= sent`, oldest first.
     pub unacknowledged: Vec<(Kind, Bytes)>,
+    /// The application's mark (see [`Session::set_mark`]).
+    pub mark: Option<Bytes>,
 }
 
 /// One end of a resumable session. See the [module documentation](self) for the call order.
@@ -386,6 +388,8 @@ pub struct Session {
     delivered: u64,
     /// Received and waiting for the application: numbers `delivered + 1 ..`.
     inbox: VecDeque<(Kind, Bytes)>,
+    /// A few bytes of the application's, kept with the session (see `set_mark`).
+    mark: Option<Bytes>,
     /// The delivered count the peer was last told.
     ack_told: u64,
     /// With [`hold_acks`](Session::hold_acks): the most deliveries the driver confirmed as
@@ -410,6 +414,7 @@ impl Session {
             peer_delivered: 0,
             delivered: 0,
             inbox: VecDeque::new(),
+            mark: None,
             ack_told: 0,
             confirmed: None,
             ack_deadline: None,
@@ -440,7 +445,20 @@ impl Session {
             delivered: self.ackable(),
             peer_delivered: self.peer_delivered,
             unacknowledged: self.unacked.iter().cloned().collect(),
+            mark: self.mark.clone(),
         }
+    }
+
+    /// Keeps a few bytes of the application's with the session, in its snapshot: for
+    /// example how far the session got in a feed it relays, so that whoever resumes the
+    /// session elsewhere goes on from there.
+    pub fn set_mark(&mut self, mark: Bytes) {
+        self.mark = Some(mark);
+    }
+
+    /// The application's mark, as last set (or restored).
+    pub fn mark(&self) -> Option<&Bytes> {
+        self.mark.as_ref()
     }
 
     /// A session, disconnected, in the state a [`snapshot`](Self::snapshot) recorded. Fails
@@ -463,6 +481,7 @@ impl Session {
         session.peer_delivered = snapshot.peer_delivered;
         session.unacked_bytes = snapshot.unacknowledged.iter().map(|(_, p)| p.len()).sum();
         session.unacked = snapshot.unacknowledged.into();
+        session.mark = snapshot.mark;
         Ok(session)
     }
 

@@ -415,9 +415,9 @@ fn message_parts(msg: &Message) -> (Kind, tether_proto::Bytes) {
     }
 }
 
-async fn send_on(shared: &Shared, msg: Message) -> Result<()> {
+async fn send_on(shared: &Shared, msg: Message, mark: Option<tether_proto::Bytes>) -> Result<()> {
     if let Some(durable) = &shared.durable {
-        return send_durable(shared, durable, msg).await;
+        return send_durable(shared, durable, msg, mark).await;
     }
     let (kind, payload) = message_parts(&msg);
     let mut msg = Some(msg);
@@ -431,7 +431,7 @@ async fn send_on(shared: &Shared, msg: Message) -> Result<()> {
         }
         let step = {
             let mut st = shared.lock();
-            try_send(shared, &mut st, kind, &payload, &mut msg)
+            try_send(shared, &mut st, kind, &payload, &mut msg, &mark)
         };
         if std::mem::take(&mut first) && matches!(step, SendStep::Full) {
             // Register, then look again: room made meanwhile is not missed.
@@ -458,6 +458,7 @@ fn try_send(
     kind: Kind,
     payload: &tether_proto::Bytes,
     msg: &mut Option<Message>,
+    mark: &Option<tether_proto::Bytes>,
 ) -> SendStep {
     if st.ended.is_some() || st.closing.is_some() {
         return SendStep::Closed;
@@ -471,7 +472,11 @@ fn try_send(
         return SendStep::Sent;
     }
     let away = !st.session.is_up();
-    match st.session.send(kind, payload.clone()) {
+    let sent = st.session.send(kind, payload.clone());
+    if let (Ok(_), Some(mark)) = (&sent, mark) {
+        st.session.set_mark(mark.clone());
+    }
+    match sent {
         Ok(_) if !away => {
             shared.to_link.notify_waiters();
             SendStep::Sent
@@ -490,7 +495,12 @@ fn try_send(
 
 /// A send of a server session in a shared store: the message is recorded there before it
 /// is queued for the client, so that whichever server resumes the session has it.
-async fn send_durable(shared: &Shared, durable: &Durable, msg: Message) -> Result<()> {
+async fn send_durable(
+    shared: &Shared,
+    durable: &Durable,
+    msg: Message,
+    mark: Option<tether_proto::Bytes>,
+) -> Result<()> {
     let (kind, payload) = message_parts(&msg);
     let _turn = durable.send_turn.lock().await;
     let (id, seq, progress) = loop {
@@ -516,6 +526,7 @@ async fn send_durable(shared: &Shared, durable: &Durable, msg: Message) -> Resul
         seq,
         kind,
         payload: payload.clone(),
+        mark: mark.clone(),
         progress,
     };
     record(shared, durable, id, change).await?;
@@ -526,6 +537,9 @@ async fn send_durable(shared: &Shared, durable: &Durable, msg: Message) -> Resul
     // Room was checked with the turn held, and only sends take room.
     if st.session.send(kind, payload).is_err() {
         return Err(Error::ConnectionClosed);
+    }
+    if let Some(mark) = mark {
+        st.session.set_mark(mark);
     }
     if st.session.is_up() {
         shared.to_link.notify_waiters();
@@ -630,8 +644,44 @@ async fn recv_durable(shared: &Shared, durable: &Durable) -> Option<Result<Messa
 impl SessionSender {
     /// As [`SessionHandle::send`].
     pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
-        send_on(&self.shared, msg.into()).await
+        send_on(&self.shared, msg.into(), None).await
     }
+
+    /// As [`SessionHandle::send_marked`].
+    pub async fn send_marked(
+        &self,
+        msg: impl Into<Message>,
+        mark: impl Into<tether_proto::Bytes>,
+    ) -> Result<()> {
+        send_on(&self.shared, msg.into(), Some(mark.into())).await
+    }
+}
+
+/// Sets a session's mark without a message.
+async fn set_mark_on(shared: &Shared, mark: tether_proto::Bytes) -> Result<()> {
+    let Some(durable) = &shared.durable else {
+        let mut st = shared.lock();
+        if st.ended.is_some() {
+            return Err(Error::ConnectionClosed);
+        }
+        st.session.set_mark(mark);
+        return Ok(());
+    };
+    let _turn = durable.send_turn.lock().await;
+    let (id, progress) = {
+        let st = shared.lock();
+        if st.ended.is_some() {
+            return Err(Error::ConnectionClosed);
+        }
+        (st.session.id(), progress_of(&st))
+    };
+    let change = Change::Marked {
+        mark: mark.clone(),
+        progress,
+    };
+    record(shared, durable, id, change).await?;
+    shared.lock().session.set_mark(mark);
+    Ok(())
 }
 
 impl SessionHandle {
@@ -696,7 +746,32 @@ impl SessionHandle {
     ///
     /// **Cancel safety:** a send cancelled while waiting for room sent nothing.
     pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
-        send_on(&self.shared, msg.into()).await
+        send_on(&self.shared, msg.into(), None).await
+    }
+
+    /// Sends a message, as [`send`](Self::send), and sets the session's *mark* with it: a few
+    /// bytes of the application's, kept with the session and restored with it wherever it
+    /// resumes ([`mark`](Self::mark)). A handler that relays a feed marks each message with
+    /// its position in the feed, so that a handler restored on another server goes on right
+    /// after the last message the session got. In a shared store, message and mark are
+    /// recorded together (atomically).
+    pub async fn send_marked(
+        &self,
+        msg: impl Into<Message>,
+        mark: impl Into<tether_proto::Bytes>,
+    ) -> Result<()> {
+        send_on(&self.shared, msg.into(), Some(mark.into())).await
+    }
+
+    /// Sets the session's mark without sending (for example a feed's position when the
+    /// session starts following it). Fails once the session ended.
+    pub async fn set_mark(&self, mark: impl Into<tether_proto::Bytes>) -> Result<()> {
+        set_mark_on(&self.shared, mark.into()).await
+    }
+
+    /// The session's mark, as last set here or by a predecessor of a restored handler.
+    pub fn mark(&self) -> Option<tether_proto::Bytes> {
+        self.shared.lock().session.mark().cloned()
     }
 
     /// The next message of the peer, in order and exactly once across reconnects. `None`
@@ -1552,6 +1627,16 @@ pub enum Change {
         kind: Kind,
         /// Its payload.
         payload: tether_proto::Bytes,
+        /// The application's new mark, set with the message
+        /// ([`SessionHandle::send_marked`]).
+        mark: Option<tether_proto::Bytes>,
+        /// The counts as they stand.
+        progress: Progress,
+    },
+    /// The application set its mark ([`SessionHandle::set_mark`]).
+    Marked {
+        /// The mark.
+        mark: tether_proto::Bytes,
         /// The counts as they stand.
         progress: Progress,
     },

@@ -23,7 +23,7 @@ use rand::Rng as _;
 use support::chaos_proxy::{ChaosProxy, Fault, HandshakeCut};
 use support::redis::Redis;
 use tether::reconnect::Backoff;
-use tether::redis::RedisStore;
+use tether::redis::{RedisStore, RedisTopic, TopicConfig};
 use tether::session::{EndReason, SessionEvent, SessionHandle, SessionServer, SessionServerConfig};
 use tether::{ClientBuilder, Config, Message, Policy, Server, ServerConfig};
 use tokio::sync::mpsc;
@@ -95,6 +95,16 @@ static HANDLERS: AtomicU64 = AtomicU64::new(0);
 struct Node {
     addr: SocketAddr,
     runtime: Option<tokio::runtime::Runtime>,
+    shutdown: tether::ShutdownHandle,
+}
+
+/// What a node's handler does.
+#[derive(Clone)]
+enum Role {
+    /// Reports what it takes, sends its own numbers (`handler`).
+    Numbers(Plan),
+    /// Relays the topic to the session (`relay_handler`).
+    Relay(String),
 }
 
 impl Node {
@@ -105,34 +115,72 @@ impl Node {
         plan: Plan,
         report: mpsc::UnboundedSender<Report>,
     ) -> Self {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        Self::start_at(index, url, prefix, Role::Numbers(plan), report, any)
+    }
+
+    fn start_at(
+        index: usize,
+        url: &str,
+        prefix: &str,
+        role: Role,
+        report: mpsc::UnboundedSender<Report>,
+        bind: SocketAddr,
+    ) -> Self {
         let (url, prefix) = (url.to_owned(), prefix.to_owned());
         // (Made on a thread of its own: a runtime cannot be started from within the test's.)
-        let (addr, runtime) = std::thread::spawn(move || {
+        let (addr, shutdown, runtime) = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
                 .build()
                 .unwrap();
-            let addr = runtime.block_on(async move {
+            let (addr, shutdown) = runtime.block_on(async move {
                 let store = Arc::new(RedisStore::open_with_prefix(&url, &prefix).unwrap());
+                let topic = match &role {
+                    Role::Relay(name) => {
+                        let config = TopicConfig {
+                            prefix: prefix.clone(),
+                            ..TopicConfig::default()
+                        };
+                        Some(RedisTopic::open_with(&url, name, config).unwrap())
+                    }
+                    Role::Numbers(_) => None,
+                };
                 let sessions = SessionServer::with_store(
                     SessionServerConfig::default(),
                     store,
-                    move |session| handler(index, session, plan, report.clone()),
+                    move |session| {
+                        let report = report.clone();
+                        let (role, topic) = (role.clone(), topic.clone());
+                        async move {
+                            match (role, topic) {
+                                (Role::Relay(_), Some(topic)) => {
+                                    relay_handler(index, session, topic, report).await
+                                }
+                                (Role::Numbers(plan), _) => {
+                                    handler(index, session, plan, report).await
+                                }
+                                _ => unreachable!(),
+                            }
+                        }
+                    },
                 );
                 let config = sessions.server_config(ServerConfig::default().config(keepalive()));
-                let server = Server::bind("127.0.0.1:0", config).await.unwrap();
+                let server = Server::bind(bind, config).await.unwrap();
                 let addr = server.local_addr().unwrap();
+                let shutdown = server.shutdown_handle();
                 tokio::spawn(server.serve(move |ws, _| sessions.serve(ws)));
-                addr
+                (addr, shutdown)
             });
-            (addr, runtime)
+            (addr, shutdown, runtime)
         })
         .join()
         .unwrap();
         Self {
             addr,
             runtime: Some(runtime),
+            shutdown,
         }
     }
 
@@ -187,6 +235,33 @@ async fn handler(
         });
     }
     sending.abort();
+    let _ = report.send(Report::Ended {
+        handler: id,
+        reason: session.end_reason(),
+    });
+}
+
+/// Relays the topic to the session; reports when it follows the topic (a new session marks
+/// where the topic ended when it joined) and what it ended with.
+async fn relay_handler(
+    node: usize,
+    session: SessionHandle,
+    topic: RedisTopic,
+    report: mpsc::UnboundedSender<Report>,
+) {
+    let id = HANDLERS.fetch_add(1, Ordering::Relaxed);
+    if session.mark().is_none() {
+        let end = topic.position().await.unwrap();
+        session.set_mark(end.to_bytes()).await.unwrap();
+    }
+    let _ = report.send(Report::Started {
+        node,
+        handler: id,
+        restored: session.is_restored(),
+        sent: session.sent(),
+        delivered: session.delivered(),
+    });
+    topic.relay(&session).await.unwrap();
     let _ = report.send(Report::Ended {
         handler: id,
         reason: session.end_reason(),
@@ -733,4 +808,183 @@ async fn a_node_starts_without_redis_and_sessions_begin_once_it_is_up() {
     timeout(GUARD, take_numbers(&session, 5)).await.unwrap();
     assert!(session.is_connected());
     timeout(GUARD, session.close()).await.unwrap().unwrap();
+}
+
+/// Takes p1..=count from a topic relay, asserting each is the next one.
+async fn take_published(session: &SessionHandle, count: u64) {
+    let mut expected = 1;
+    while expected <= count {
+        match session.recv().await {
+            Some(Ok(msg)) => {
+                assert_eq!(number('p', &msg), expected, "in order, exactly once");
+                expected += 1;
+            }
+            other => panic!("session broke after {} messages: {other:?}", expected - 1),
+        }
+    }
+}
+
+/// Cross-node broadcast with resumable sessions: 20 clients spread over two nodes follow a
+/// topic while the balancer breaks every connection every 50–500 ms, so sessions keep
+/// moving between nodes; every client takes every published message exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_reaches_every_session_on_every_node_once_through_cuts() {
+    const CLIENTS: usize = 20;
+    const MESSAGES: u64 = 1_000;
+    let redis = Redis::start();
+    let prefix = prefix();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| {
+            let role = Role::Relay("news".to_owned());
+            Node::start_at(i, &redis.url(), &prefix, role, tx.clone(), any)
+        })
+        .collect();
+    let proxy = ChaosProxy::balance(nodes.iter().map(|n| n.addr).collect()).await;
+    let clients: Vec<Client> = (0..CLIENTS).map(|_| client(proxy.addr())).collect();
+    // Every session follows the topic before the first message is published.
+    let mut handlers = Handlers::default();
+    handlers
+        .absorb_until(&mut rx, |h| h.by_id.len() == CLIENTS)
+        .await;
+    let on_each: Vec<usize> = (0..2)
+        .map(|n| handlers.by_id.values().filter(|h| h.node == n).count())
+        .collect();
+    assert!(
+        on_each.iter().all(|&n| n > 0),
+        "spread over both nodes: {on_each:?}"
+    );
+
+    let chaos_proxy = proxy.clone();
+    let chaos = tokio::spawn(async move {
+        loop {
+            let wait = rand::rng().random_range(50..=500);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            chaos_proxy.fault(Fault::Rst);
+        }
+    });
+    let publisher = RedisTopic::open_with(
+        &redis.url(),
+        "news",
+        TopicConfig {
+            prefix: prefix.clone(),
+            ..TopicConfig::default()
+        },
+    )
+    .unwrap();
+    let publishing = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(3));
+        for n in 1..=MESSAGES {
+            ticker.tick().await;
+            publisher.publish(&message('p', n)).await.unwrap();
+        }
+    });
+    let takers: Vec<_> = clients
+        .iter()
+        .map(|c| take_published(&c.session, MESSAGES))
+        .collect();
+    timeout(GUARD, futures_util::future::join_all(takers))
+        .await
+        .expect("every client took every message in time");
+    timeout(GUARD, publishing).await.unwrap().unwrap();
+    chaos.abort();
+    handlers.absorb_ready(&mut rx);
+    let resumes: u64 = clients
+        .iter()
+        .map(|c| c.resumes.load(Ordering::Relaxed))
+        .sum();
+    let lost: u64 = clients.iter().map(|c| c.lost.load(Ordering::Relaxed)).sum();
+    println!(
+        "{CLIENTS} clients, {resumes} resumes, {} moves to another node",
+        handlers.restored()
+    );
+    assert_eq!(lost, 0);
+    assert!(
+        handlers.restored() >= CLIENTS,
+        "sessions moved: {}",
+        handlers.restored()
+    );
+    for c in &clients {
+        timeout(GUARD, c.session.close()).await.unwrap().unwrap();
+    }
+}
+
+/// A rolling restart: every node of three is shut down (its clients are closed with 1001)
+/// and started again in turn, while many clients follow a topic that publishes 100
+/// messages a second; every client takes every message exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_loses_no_broadcast_message() {
+    const CLIENTS: usize = 1_000;
+    const MESSAGES: u64 = 600;
+    let redis = Redis::start();
+    let prefix = prefix();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let role = Role::Relay("ticker".to_owned());
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| Node::start_at(i, &redis.url(), &prefix, role.clone(), tx.clone(), any))
+        .collect();
+    let proxy = ChaosProxy::balance(nodes.iter().map(|n| n.addr).collect()).await;
+    let clients: Vec<Client> = (0..CLIENTS).map(|_| client(proxy.addr())).collect();
+    let mut handlers = Handlers::default();
+    handlers
+        .absorb_until(&mut rx, |h| h.by_id.len() == CLIENTS)
+        .await;
+
+    let publisher = RedisTopic::open_with(
+        &redis.url(),
+        "ticker",
+        TopicConfig {
+            prefix: prefix.clone(),
+            ..TopicConfig::default()
+        },
+    )
+    .unwrap();
+    let publishing = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(10));
+        for n in 1..=MESSAGES {
+            ticker.tick().await;
+            publisher.publish(&message('p', n)).await.unwrap();
+        }
+    });
+    let takers: Vec<_> = clients
+        .iter()
+        .map(|c| take_published(&c.session, MESSAGES))
+        .collect();
+    let restarting = async {
+        for (i, node) in nodes.iter_mut().enumerate() {
+            tokio::time::sleep(Duration::from_millis(1_000)).await;
+            let addr = node.addr;
+            node.shutdown.shutdown();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            node.kill();
+            *node = Node::start_at(i, &redis.url(), &prefix, role.clone(), tx.clone(), addr);
+        }
+    };
+    let started = std::time::Instant::now();
+    // (The whole run is CPU-bound on a small machine: every delivery is a Redis write.)
+    timeout(3 * GUARD, async {
+        tokio::join!(futures_util::future::join_all(takers), restarting)
+    })
+    .await
+    .expect("every client took every message in time");
+    timeout(GUARD, publishing).await.unwrap().unwrap();
+    handlers.absorb_ready(&mut rx);
+    let resumes: u64 = clients
+        .iter()
+        .map(|c| c.resumes.load(Ordering::Relaxed))
+        .sum();
+    let lost: u64 = clients.iter().map(|c| c.lost.load(Ordering::Relaxed)).sum();
+    println!(
+        "{CLIENTS} clients took {MESSAGES} messages each in {:.1} s: {resumes} resumes, {} \
+         moves to another node",
+        started.elapsed().as_secs_f64(),
+        handlers.restored()
+    );
+    assert_eq!(lost, 0);
+    assert!(
+        resumes >= CLIENTS as u64,
+        "every node's clients resumed elsewhere: {resumes}"
+    );
 }

@@ -40,6 +40,9 @@ use tether_proto::session::{Kind, SessionId, Snapshot};
 use crate::error::{Error, Result};
 use crate::session::{BoxFuture, Change, Lookup, LostReason, Progress, Recorded, SessionStore};
 
+mod topic;
+pub use topic::{Position, RedisTopic, Subscription, TopicConfig, TopicEntry};
+
 /// How long a session's tombstone outlives it, to tell `expired` from `unknown`.
 const TOMBSTONE: Duration = Duration::from_secs(3600);
 
@@ -80,6 +83,17 @@ fn store_error(e: redis::RedisError) -> Error {
     Error::Other(Box::new(e))
 }
 
+/// A lazily connecting, self-reconnecting connection with short timeouts: a Redis that does
+/// not answer is retried by the session (or the client), not waited for.
+fn manager(client: &Client) -> Result<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(store_error)
+}
+
 impl RedisStore {
     /// A store on the Redis at `url` (`redis://HOST:PORT[/DB]`, or `rediss://` for TLS,
     /// with `user:password@` when Redis wants it), with keys under `tether`. Connects
@@ -92,15 +106,7 @@ impl RedisStore {
     /// As [`open`](Self::open), with keys under `prefix` (several services on one Redis).
     pub fn open_with_prefix(url: &str, prefix: &str) -> Result<Self> {
         let client = Client::open(url).map_err(store_error)?;
-        // Short timeouts: a store that does not answer is retried by the session (or the
-        // client), not waited for.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(store_error)?;
+        let conn = manager(&client)?;
         let node = format!("{:032x}", rand::random::<u128>());
         Ok(Self {
             inner: Arc::new(Inner {
@@ -176,16 +182,30 @@ fn decode(field: &[u8]) -> Option<(Kind, tether_proto::Bytes)> {
     Some((kind, tether_proto::Bytes::copy_from_slice(payload)))
 }
 
+/// A mark as a script argument: empty for none, else `m` and the mark.
+fn mark_arg(mark: Option<&[u8]>) -> Vec<u8> {
+    match mark {
+        None => Vec::new(),
+        Some(mark) => {
+            let mut v = Vec::with_capacity(1 + mark.len());
+            v.push(b'm');
+            v.extend_from_slice(mark);
+            v
+        }
+    }
+}
+
 fn number(field: &[u8]) -> Option<u64> {
     std::str::from_utf8(field).ok()?.parse().ok()
 }
 
-/// Writes a session whole: counts, holder, kept messages. KEYS: s, o, g. ARGV: node, ttl
-/// (ms), tombstone (ms), sent, delivered, acked, then number and message pairs.
+/// Writes a session whole: counts, holder, mark, kept messages. KEYS: s, o, g. ARGV: node,
+/// ttl (ms), tombstone (ms), sent, delivered, acked, mark (empty for none, else `m` and the
+/// mark), then number and message pairs.
 const SAVE: &str = r"
 redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'sent', ARGV[4], 'delivered', ARGV[5], 'acked', ARGV[6])
-for i = 7, #ARGV, 2 do
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'sent', ARGV[4], 'delivered', ARGV[5], 'acked', ARGV[6], 'mark', ARGV[7])
+for i = 8, #ARGV, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -195,7 +215,8 @@ return 0
 ";
 
 /// Records progress and, optionally, a message sent, if this node holds the session.
-/// KEYS: s, o, g. ARGV: node, ttl, tombstone, delivered, acked[, number, message].
+/// KEYS: s, o, g. ARGV: node, ttl, tombstone, delivered, acked, mark (empty: unchanged)[,
+/// number, message].
 /// Returns 0 (done), 1 (held elsewhere, or ended), 2 (missing: the store lost it).
 const RECORD: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -215,10 +236,13 @@ if acked > before then
   end
   redis.call('HSET', KEYS[1], 'acked', ARGV[5])
 end
-if ARGV[6] then
-  redis.call('HSET', KEYS[2], ARGV[6], ARGV[7])
-  if tonumber(ARGV[6]) > tonumber(redis.call('HGET', KEYS[1], 'sent')) then
-    redis.call('HSET', KEYS[1], 'sent', ARGV[6])
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[1], 'mark', ARGV[6])
+end
+if ARGV[7] then
+  redis.call('HSET', KEYS[2], ARGV[7], ARGV[8])
+  if tonumber(ARGV[7]) > tonumber(redis.call('HGET', KEYS[1], 'sent')) then
+    redis.call('HSET', KEYS[1], 'sent', ARGV[7])
   end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -229,7 +253,7 @@ return 0
 
 /// Takes a session for this node. KEYS: s, o, g. ARGV: node, channel, id. (The expiry is
 /// left as it is: the new holder's first record renews it.)
-/// Returns {'found', sent, delivered, acked, messages...}, {'held'}, {'gone', reason},
+/// Returns {'found', sent, delivered, acked, mark, messages...}, {'held'}, {'gone', reason},
 /// {'unknown'} or {'broken'}.
 const LOAD: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -242,7 +266,8 @@ redis.call('HSET', KEYS[1], 'holder', ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3] .. ' ' .. ARGV[1])
 local sent = redis.call('HGET', KEYS[1], 'sent')
 local acked = redis.call('HGET', KEYS[1], 'acked')
-local out = {'found', sent, redis.call('HGET', KEYS[1], 'delivered'), acked}
+local out = {'found', sent, redis.call('HGET', KEYS[1], 'delivered'), acked,
+  redis.call('HGET', KEYS[1], 'mark') or ''}
 for n = tonumber(acked) + 1, tonumber(sent) do
   local m = redis.call('HGET', KEYS[2], tostring(n))
   if not m then return {'broken'} end
@@ -273,7 +298,8 @@ impl SessionStore for RedisStore {
                 .arg(millis(ttl + TOMBSTONE))
                 .arg(snapshot.sent)
                 .arg(snapshot.delivered)
-                .arg(snapshot.peer_delivered);
+                .arg(snapshot.peer_delivered)
+                .arg(mark_arg(snapshot.mark.as_deref()));
             for (i, (kind, payload)) in snapshot.unacknowledged.iter().enumerate() {
                 call.arg(snapshot.peer_delivered + 1 + i as u64)
                     .arg(encode(*kind, payload));
@@ -302,7 +328,12 @@ impl SessionStore for RedisStore {
                 Some(b"found") => {
                     let count = |i: usize| reply.get(i).and_then(|v| number(v)).ok_or_else(broken);
                     let (sent, delivered, peer_delivered) = (count(1)?, count(2)?, count(3)?);
-                    let unacknowledged = reply[4..]
+                    let mark = match reply.get(4).map(Vec::as_slice) {
+                        Some([b'm', mark @ ..]) => Some(tether_proto::Bytes::copy_from_slice(mark)),
+                        Some([]) => None,
+                        _ => return Err(broken()),
+                    };
+                    let unacknowledged = reply[5..]
                         .iter()
                         .map(|m| decode(m).ok_or_else(broken))
                         .collect::<Result<Vec<_>>>()?;
@@ -311,6 +342,7 @@ impl SessionStore for RedisStore {
                         delivered,
                         peer_delivered,
                         unacknowledged,
+                        mark,
                     }))
                 }
                 Some(b"held") => Ok(Lookup::Held),
@@ -362,7 +394,14 @@ impl SessionStore for RedisStore {
                         .await
                         .map(|()| Recorded::Done)
                 }
-                Change::Sent { progress, .. } | Change::Progress(progress) => *progress,
+                Change::Sent { progress, .. }
+                | Change::Marked { progress, .. }
+                | Change::Progress(progress) => *progress,
+            };
+            let mark = match &change {
+                Change::Sent { mark, .. } => mark.as_deref(),
+                Change::Marked { mark, .. } => Some(&mark[..]),
+                _ => None,
             };
             let Progress {
                 delivered,
@@ -375,7 +414,8 @@ impl SessionStore for RedisStore {
                 .arg(millis(ttl))
                 .arg(millis(ttl + TOMBSTONE))
                 .arg(delivered)
-                .arg(acknowledged);
+                .arg(acknowledged)
+                .arg(mark_arg(mark));
             if let Change::Sent {
                 seq, kind, payload, ..
             } = &change
