@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
-use tether::redis::RedisStore;
+use tether::redis::{RedisStore, RedisTopic};
 use tether::session::{Overflow, SessionEvent, SessionHandle, SessionServer, SessionServerConfig};
 use tether::{
     HttpResponse, Message, PreparedMessage, Server, ServerConfig, ShutdownHandle, WebSocket,
@@ -169,22 +169,48 @@ fn session_server(
     async move {
         let sessions = match &store {
             None => SessionServer::new(config, handler),
+            Some(url) if broadcast => {
+                // The broadcast goes through a topic in the same Redis, to every process.
+                let (store, topic) = match RedisStore::open(url)
+                    .and_then(|s| Ok((s, RedisTopic::open(url, "broadcast")?)))
+                {
+                    Ok(both) => both,
+                    Err(e) => {
+                        eprintln!("tether serve: cannot use --session-store {url}: {e}");
+                        return Err(EXIT_USAGE);
+                    }
+                };
+                warn_if_away(&store, url, &status).await;
+                let log = Arc::clone(&status);
+                SessionServer::with_store(config, Arc::new(store), move |session| {
+                    let (topic, log) = (topic.clone(), Arc::clone(&log));
+                    async move {
+                        if let Err(e) = topic.relay_observing(&session, |m| log.message(m)).await {
+                            log.status(&format!("a session left the broadcast: {e}"));
+                        }
+                    }
+                })
+            }
             Some(url) => {
                 let store = RedisStore::open(url).map_err(|e| {
                     eprintln!("tether serve: cannot use --session-store {url}: {e}");
                     EXIT_USAGE
                 })?;
-                // Redis may come later: until it answers, new sessions are refused with
-                // 1011 (clients retry) and plain clients are served.
-                if let Err(e) = store.ping().await {
-                    status.status(&format!(
-                        "session store {url} does not answer yet ({e}); sessions wait for it"
-                    ));
-                }
+                warn_if_away(&store, url, &status).await;
                 SessionServer::with_store(config, Arc::new(store), handler)
             }
         };
         Ok(sessions.on_event(move |event| events.session(event)))
+    }
+}
+
+/// Redis may come later: until it answers, new sessions are refused with 1011 (clients
+/// retry) and plain clients are served. Says so when it does not answer now.
+async fn warn_if_away(store: &RedisStore, url: &str, log: &Log) {
+    if let Err(e) = store.ping().await {
+        log.status(&format!(
+            "session store {url} does not answer yet ({e}); sessions wait for it"
+        ));
     }
 }
 

@@ -1160,3 +1160,55 @@ fn a_session_store_that_is_not_redis_is_a_usage_error() {
     ]);
     assert_eq!(serve.wait_exit(), 2, "--session-store needs --resume");
 }
+
+#[test]
+fn broadcast_reaches_the_sessions_of_every_serve_process_through_redis() {
+    let redis = redis_server::Redis::start();
+    let store = redis.url();
+    let args = ["--resume", "--broadcast", "--session-store", &store];
+    let (_first, port) = serve(&args);
+    let (_second, other) = serve(&args);
+    let relay = CuttableRelay::start(format!("127.0.0.1:{other}").parse().unwrap());
+    let mut a = spawn_owned(&quick(&format!("ws://127.0.0.1:{port}/"), &["--resume"]));
+    let mut b = spawn_owned(&quick(&format!("ws://{}/", relay.addr), &["--resume"]));
+    a.wait_event("open");
+    b.wait_event("open");
+    // A new session follows the broadcast from moments after it opened: a first message
+    // that both receive shows that both do.
+    b.write("ready\n");
+    assert_eq!(b.wait_event("message")["data"], "ready");
+    assert_eq!(a.wait_event("message")["data"], "ready");
+    a.write("hello\n");
+    assert_eq!(
+        a.wait_event("message")["data"],
+        "hello",
+        "the sender's own process"
+    );
+    assert_eq!(
+        b.wait_event("message")["data"],
+        "hello",
+        "the other process"
+    );
+    // B's connection drops and its reconnect reaches the first process: it resumes there
+    // and goes on receiving, each message once.
+    relay.retarget(port);
+    relay.cut();
+    let open = b.wait_event("open");
+    assert_eq!(open["resumed"], true, "{open}");
+    a.write("again\n");
+    assert_eq!(a.wait_event("message")["data"], "again");
+    assert_eq!(b.wait_event("message")["data"], "again");
+    b.write("from b\n");
+    assert_eq!(a.wait_event("message")["data"], "from b");
+    assert_eq!(b.wait_event("message")["data"], "from b");
+    a.close_stdin();
+    b.close_stdin();
+    assert_eq!(a.wait_exit(), 0);
+    assert_eq!(b.wait_exit(), 0);
+    let rest: Vec<String> = b
+        .rest_of_stdout()
+        .into_iter()
+        .filter(|l| l.contains("\"message\""))
+        .collect();
+    assert!(rest.is_empty(), "nothing twice: {rest:?}");
+}

@@ -204,6 +204,16 @@ impl RedisTopic {
     /// are retried). Returns when the session ends, or with an error when the topic no
     /// longer keeps what the session missed (its history moved past the session's mark).
     pub async fn relay(&self, session: &SessionHandle) -> Result<()> {
+        self.relay_observing(session, |_| {}).await
+    }
+
+    /// As [`relay`](Self::relay), calling `received` with each message the client sent
+    /// before it is published (to log it, count it).
+    pub async fn relay_observing(
+        &self,
+        session: &SessionHandle,
+        mut received: impl FnMut(&Message) + Send,
+    ) -> Result<()> {
         let after = match session.mark() {
             Some(mark) => Position::from_bytes(&mark)?,
             None => {
@@ -238,6 +248,7 @@ impl RedisTopic {
         };
         let publish = async {
             while let Some(Ok(msg)) = session.recv().await {
+                received(&msg);
                 retry(|| self.publish(&msg)).await;
             }
             Ok(())
