@@ -266,6 +266,8 @@ struct Shared {
 /// What a server session in a shared store needs to record its changes in order.
 struct Durable {
     store: Arc<dyn SessionStore>,
+    /// This copy of the session, as the store knows it.
+    holder: Holder,
     ttl: Duration,
     /// One send at a time records its message, so that numbers reach the store in order.
     send_turn: tokio::sync::Mutex<()>,
@@ -307,6 +309,12 @@ impl Shared {
             overflow,
             durable,
         })
+    }
+
+    /// Which copy of the session this is, for the store (0 for a session in a snapshot
+    /// store, which does not care).
+    fn holder(&self) -> Holder {
+        self.durable.as_ref().map_or(Holder(0), |d| d.holder)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -441,7 +449,11 @@ async fn send_on(shared: &Shared, msg: Message, mark: Option<tether_proto::Bytes
             SendStep::Sent => return Ok(()),
             SendStep::Away(registry, id, snapshot) => {
                 let ttl = registry.config.ttl;
-                if let Err(e) = registry.store.save(id, snapshot, ttl).await {
+                if let Err(e) = registry
+                    .store
+                    .save(id, shared.holder(), snapshot, ttl)
+                    .await
+                {
                     tracing::warn!(%id, error = %e, "session store: saving failed");
                 }
                 return Ok(());
@@ -561,7 +573,11 @@ fn progress_of(st: &State) -> Progress {
 async fn record(shared: &Shared, durable: &Durable, id: SessionId, change: Change) -> Result<()> {
     let mut pause = Duration::from_millis(50);
     loop {
-        match durable.store.record(id, change.clone(), durable.ttl).await {
+        match durable
+            .store
+            .record(id, durable.holder, change.clone(), durable.ttl)
+            .await
+        {
             Ok(Recorded::Done) => return Ok(()),
             Ok(Recorded::Moved) => {
                 let mut st = shared.lock();
@@ -572,7 +588,11 @@ async fn record(shared: &Shared, durable: &Durable, id: SessionId, change: Chang
                 // The store lost it (a restart without persistence): this server's memory
                 // is the session, so write it whole again, then the change.
                 let snapshot = shared.lock().session.snapshot();
-                match durable.store.save(id, snapshot, durable.ttl).await {
+                match durable
+                    .store
+                    .save(id, durable.holder, snapshot, durable.ttl)
+                    .await
+                {
                     Ok(()) => {
                         tracing::warn!(%id, "session store had lost the session; written again");
                         continue;
@@ -1560,17 +1580,33 @@ fn server_resume(
 pub trait SessionStore: Send + Sync + 'static {
     /// Records the whole state of a session, to be kept for `ttl` without news. A shared
     /// store makes this server its holder.
-    fn save(&self, id: SessionId, snapshot: Snapshot, ttl: Duration) -> BoxFuture<'_, Result<()>>;
+    ///
+    /// `holder` names the copy of the session in a server's memory that writes: a shared
+    /// store records it as the session's holder (see [`Holder`]); a snapshot store may ignore
+    /// it.
+    fn save(
+        &self,
+        id: SessionId,
+        holder: Holder,
+        snapshot: Snapshot,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<()>>;
 
-    /// The state of a session, or why it is gone. A shared store makes this server the
-    /// session's holder (later writes by the previous holder answer [`Recorded::Moved`]), or
-    /// answers [`Lookup::Held`] when this server holds it already.
-    fn load(&self, id: SessionId) -> BoxFuture<'_, Result<Lookup>>;
+    /// The state of a session, or why it is gone. A shared store answers [`Lookup::Held`]
+    /// when `held` (the copy this server has in memory, if any) holds it still; otherwise it
+    /// makes `take_as` the session's holder (later writes by the previous holder answer
+    /// [`Recorded::Moved`]) and answers with the state.
+    fn load(
+        &self,
+        id: SessionId,
+        take_as: Holder,
+        held: Option<Holder>,
+    ) -> BoxFuture<'_, Result<Lookup>>;
 
     /// The session ended: forget its state; a later [`load`](Self::load) reports `reason`
     /// (for a while) instead of [`Lookup::Unknown`]. A shared store ignores the call from a
-    /// server that no longer holds the session.
-    fn end(&self, id: SessionId, reason: LostReason) -> BoxFuture<'_, Result<()>>;
+    /// `holder` that no longer holds the session.
+    fn end(&self, id: SessionId, holder: Holder, reason: LostReason) -> BoxFuture<'_, Result<()>>;
 
     /// True for a store shared by several servers, which must hear of every change
     /// ([`record`](Self::record)). Default: false.
@@ -1580,13 +1616,15 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Records one change of a session held by this server, which the store keeps for `ttl`
     /// from now. Only called when [`is_shared`](Self::is_shared). Default: nothing to do.
+    /// A store that is not shared records nothing.
     fn record(
         &self,
         id: SessionId,
+        holder: Holder,
         change: Change,
         ttl: Duration,
     ) -> BoxFuture<'_, Result<Recorded>> {
-        let _ = (id, change, ttl);
+        let _ = (id, holder, change, ttl);
         Box::pin(async { Ok(Recorded::Done) })
     }
 
@@ -1595,6 +1633,25 @@ pub trait SessionStore: Send + Sync + 'static {
     /// [`SessionServer::with_store`]. Default: never tells.
     fn watch(&self, moved: Box<dyn Fn(SessionId) + Send + Sync>) {
         let _ = moved;
+    }
+}
+
+/// Which copy of a session writes to a shared store: a random number for each copy a server
+/// makes (a new session, or one restored from the store). A shared store accepts writes only
+/// from the session's current holder, so that neither another server nor an out-of-date copy
+/// on the same server (the session moved away and came back) can write over it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Holder(u64);
+
+impl Holder {
+    /// A fresh holder.
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    /// Its number.
+    pub fn as_u64(self) -> u64 {
+        self.0
     }
 }
 
@@ -1713,13 +1770,24 @@ impl MemoryInner {
 }
 
 impl SessionStore for MemoryStore {
-    fn save(&self, id: SessionId, snapshot: Snapshot, ttl: Duration) -> BoxFuture<'_, Result<()>> {
+    fn save(
+        &self,
+        id: SessionId,
+        _holder: Holder,
+        snapshot: Snapshot,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<()>> {
         let at = tokio::time::Instant::now() + ttl;
         self.lock().saved.insert(id, (snapshot, at));
         Box::pin(async { Ok(()) })
     }
 
-    fn load(&self, id: SessionId) -> BoxFuture<'_, Result<Lookup>> {
+    fn load(
+        &self,
+        id: SessionId,
+        _take_as: Holder,
+        _held: Option<Holder>,
+    ) -> BoxFuture<'_, Result<Lookup>> {
         let now = tokio::time::Instant::now();
         let mut inner = self.lock();
         let found = match inner.saved.get(&id) {
@@ -1738,7 +1806,7 @@ impl SessionStore for MemoryStore {
         Box::pin(async { Ok(found) })
     }
 
-    fn end(&self, id: SessionId, reason: LostReason) -> BoxFuture<'_, Result<()>> {
+    fn end(&self, id: SessionId, _holder: Holder, reason: LostReason) -> BoxFuture<'_, Result<()>> {
         self.lock().bury(id, reason, tokio::time::Instant::now());
         Box::pin(async { Ok(()) })
     }
@@ -1810,9 +1878,10 @@ impl Registry {
             _ => LostReason::Unknown,
         };
         let store = Arc::clone(&self.store);
+        let holder = ended.holder();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = store.end(id, reason).await {
+                if let Err(e) = store.end(id, holder, reason).await {
                     tracing::warn!(%id, error = %e, "session store: recording the end failed");
                 }
             });
@@ -1830,7 +1899,8 @@ impl Registry {
         let ttl = self.config.ttl;
         tokio::spawn(async move {
             let progress = progress_of(&shared.lock());
-            if let Ok(Recorded::Moved) = store.record(id, Change::Progress(progress), ttl).await {
+            let change = Change::Progress(progress);
+            if let Ok(Recorded::Moved) = store.record(id, shared.holder(), change, ttl).await {
                 let mut st = shared.lock();
                 shared.end(&mut st, EndReason::Moved, None);
             }
@@ -1869,14 +1939,15 @@ impl Registry {
                         let st = shared.lock();
                         (st.session.id(), progress_of(&st))
                     };
-                    match store.record(id, Change::Progress(progress), ttl).await {
+                    let change = Change::Progress(progress);
+                    match store.record(id, shared.holder(), change, ttl).await {
                         Ok(Recorded::Moved) => {
                             let mut st = shared.lock();
                             shared.end(&mut st, EndReason::Moved, None);
                         }
                         Ok(Recorded::Missing) => {
                             let snapshot = shared.lock().session.snapshot();
-                            if let Err(e) = store.save(id, snapshot, ttl).await {
+                            if let Err(e) = store.save(id, shared.holder(), snapshot, ttl).await {
                                 tracing::warn!(%id, error = %e, "session store: writing failed");
                             }
                         }
@@ -2034,7 +2105,7 @@ impl SessionServer {
         let registry = &self.registry;
         if ws.subprotocol() != Some(SUBPROTOCOL) {
             let session = Session::new(SessionId::random(), registry.config.session.clone());
-            let shared = self.new_shared(false, session);
+            let shared = self.new_shared(false, session, Holder::random());
             let gen = {
                 let mut st = shared.lock();
                 st.links = 1;
@@ -2062,10 +2133,14 @@ impl SessionServer {
         if let Some(id) = asked {
             let live = registry.live().get(&id).cloned();
             // A shared store decides who holds the session, even one held here.
+            // A copy restored here gets a holder of its own, so that an out-of-date copy
+            // (the session moved away and came back) cannot write over it.
+            let take_as = Holder::random();
             let lookup = if live.is_some() && !registry.shared_store {
                 Ok(Lookup::Held)
             } else {
-                registry.store.load(id).await
+                let held = live.as_ref().map(|s| s.holder());
+                registry.store.load(id, take_as, held).await
             };
             match lookup {
                 Ok(Lookup::Held) => match live {
@@ -2081,7 +2156,7 @@ impl SessionServer {
                     let config = registry.config.session.clone();
                     match Session::restore(id, config, snapshot) {
                         Ok(session) => {
-                            let shared = self.new_shared(true, session);
+                            let shared = self.new_shared(true, session, take_as);
                             shared.lock().restored = true;
                             registry.live().insert(id, Arc::clone(&shared));
                             self.spawn_handler(&shared);
@@ -2097,7 +2172,8 @@ impl SessionServer {
                     // The shared store lost it, but it lives here: write it again.
                     let shared = live.unwrap_or_else(|| unreachable!("checked"));
                     let snapshot = shared.lock().session.snapshot();
-                    match registry.store.save(id, snapshot, registry.config.ttl).await {
+                    let (holder, ttl) = (shared.holder(), registry.config.ttl);
+                    match registry.store.save(id, holder, snapshot, ttl).await {
                         Ok(()) => existing = Some(shared),
                         Err(e) => return self.unavailable(ws, id, &e).await,
                     }
@@ -2143,7 +2219,7 @@ impl SessionServer {
                 }
                 let id = SessionId::random();
                 let session = Session::new(id, registry.config.session.clone());
-                let shared = self.new_shared(true, session);
+                let shared = self.new_shared(true, session, Holder::random());
                 let gen = {
                     let mut st = shared.lock();
                     // A new session has nothing to replay.
@@ -2178,7 +2254,11 @@ impl SessionServer {
                     ..progress
                 }),
             };
-            match durable.store.record(id, change, durable.ttl).await {
+            match durable
+                .store
+                .record(id, durable.holder, change, durable.ttl)
+                .await
+            {
                 Ok(Recorded::Done) => {
                     let mut st = shared.lock();
                     let delivered = st.session.delivered();
@@ -2223,12 +2303,13 @@ impl SessionServer {
         None
     }
 
-    fn new_shared(&self, resume: bool, mut session: Session) -> Arc<Shared> {
+    fn new_shared(&self, resume: bool, mut session: Session, holder: Holder) -> Arc<Shared> {
         let registry = &self.registry;
         let durable = (resume && registry.shared_store).then(|| {
             session.hold_acks();
             Box::new(Durable {
                 store: Arc::clone(&registry.store),
+                holder,
                 ttl: registry.config.ttl,
                 send_turn: tokio::sync::Mutex::new(()),
                 recv_turn: tokio::sync::Mutex::new(None),
@@ -2271,7 +2352,7 @@ impl SessionServer {
             match self
                 .registry
                 .store
-                .record(id, Change::Progress(progress), ttl)
+                .record(id, shared.holder(), Change::Progress(progress), ttl)
                 .await
             {
                 Ok(Recorded::Moved) => {
@@ -2282,7 +2363,12 @@ impl SessionServer {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(%id, error = %e, "session store: recording failed"),
             }
-        } else if let Err(e) = self.registry.store.save(id, snapshot, ttl).await {
+        } else if let Err(e) = self
+            .registry
+            .store
+            .save(id, shared.holder(), snapshot, ttl)
+            .await
+        {
             tracing::warn!(%id, error = %e, "session store: saving failed");
         }
         let weak = Arc::downgrade(shared);

@@ -128,6 +128,12 @@ impl Node {
         bind: SocketAddr,
     ) -> Self {
         let (url, prefix) = (url.to_owned(), prefix.to_owned());
+        // Many clients: the library's keepalive (a blackhole is not among their faults);
+        // few: a fast one, so that blackholes are noticed quickly.
+        let node_config = match &role {
+            Role::Relay(_) => Config::default(),
+            Role::Numbers(_) => keepalive(),
+        };
         // (Made on a thread of its own: a runtime cannot be started from within the test's.)
         let (addr, shutdown, runtime) = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -166,7 +172,7 @@ impl Node {
                         }
                     },
                 );
-                let config = sessions.server_config(ServerConfig::default().config(keepalive()));
+                let config = sessions.server_config(ServerConfig::default().config(node_config));
                 let server = Server::bind(bind, config).await.unwrap();
                 let addr = server.local_addr().unwrap();
                 let shutdown = server.shutdown_handle();
@@ -282,6 +288,11 @@ struct Client {
 }
 
 fn client(addr: SocketAddr) -> Client {
+    client_with(addr, keepalive(), Duration::from_secs(1))
+}
+
+/// A client session with this connection configuration and resume handshake timeout.
+fn client_with(addr: SocketAddr, config: Config, handshake_timeout: Duration) -> Client {
     let resumes = Arc::new(AtomicU64::new(0));
     let lost = Arc::new(AtomicU64::new(0));
     let (r, l) = (Arc::clone(&resumes), Arc::clone(&lost));
@@ -295,12 +306,12 @@ fn client(addr: SocketAddr) -> Client {
         })
         .min_uptime(Duration::ZERO);
     let session = ClientBuilder::new(format!("ws://{addr}/"))
-        .config(keepalive())
+        .config(config)
         .open_timeout(Duration::from_secs(2))
         .reconnecting()
         .policy(policy)
         .session()
-        .handshake_timeout(Duration::from_secs(1))
+        .handshake_timeout(handshake_timeout)
         .on_event(move |e| match e {
             SessionEvent::Resumed { .. } => {
                 r.fetch_add(1, Ordering::Relaxed);
@@ -926,7 +937,11 @@ async fn a_rolling_restart_loses_no_broadcast_message() {
         .map(|i| Node::start_at(i, &redis.url(), &prefix, role.clone(), tx.clone(), any))
         .collect();
     let proxy = ChaosProxy::balance(nodes.iter().map(|n| n.addr).collect()).await;
-    let clients: Vec<Client> = (0..CLIENTS).map(|_| client(proxy.addr())).collect();
+    // The library's keepalive and resume handshake timeout: under a thousand clients on a
+    // small machine, tight ones would only make clients give up on answers under way.
+    let clients: Vec<Client> = (0..CLIENTS)
+        .map(|_| client_with(proxy.addr(), Config::default(), Duration::from_secs(10)))
+        .collect();
     let mut handlers = Handlers::default();
     handlers
         .absorb_until(&mut rx, |h| h.by_id.len() == CLIENTS)
@@ -986,5 +1001,90 @@ async fn a_rolling_restart_loses_no_broadcast_message() {
     assert!(
         resumes >= CLIENTS as u64,
         "every node's clients resumed elsewhere: {resumes}"
+    );
+}
+
+/// The JavaScript client in headless Chromium, across three nodes behind the cutting
+/// balancer (as `sessions_survive_random_cuts_across_three_nodes` for tether's client):
+/// the page and the server each send 10,000 numbered messages, and each side takes exactly
+/// 1..=10,000 in order, with at least 10 moves to another node. Needs Chromium, node and
+/// playwright-core, like the other browser tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_client_in_chromium_survives_cuts_across_three_nodes() {
+    use support::browser::{assets, require_chromium, run_driver, serve_files};
+    const MESSAGES: u64 = 10_000;
+    require_chromium();
+    let redis = Redis::start();
+    let prefix = prefix();
+    let plan = Plan {
+        messages: MESSAGES,
+        batch: 10,
+        tick: Duration::from_millis(10),
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| Node::start(i, &redis.url(), &prefix, plan, tx.clone()))
+        .collect();
+    let proxy = ChaosProxy::balance(nodes.iter().map(|n| n.addr).collect()).await;
+    let chaos_proxy = proxy.clone();
+    let chaos = tokio::spawn(async move {
+        loop {
+            let (wait, pick) = {
+                let mut rng = rand::rng();
+                (rng.random_range(50..=500), rng.random_range(0..3))
+            };
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            chaos_proxy.fault(match pick {
+                0 => Fault::Rst,
+                1 => Fault::Fin,
+                _ => Fault::MidFrame,
+            });
+        }
+    });
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let page = std::fs::read(assets().join("numbers.html")).expect("numbers.html");
+    let module =
+        std::fs::read(root.join("clients/js/tether-resume.mjs")).expect("tether-resume.mjs");
+    let page_port = serve_files(vec![
+        ("/?n=10000", "text/html; charset=utf-8", page),
+        (
+            "/tether-resume.mjs",
+            "text/javascript; charset=utf-8",
+            module,
+        ),
+    ])
+    .await;
+    let out = run_driver(
+        "run.mjs",
+        &[
+            format!("http://127.0.0.1:{page_port}/?n={MESSAGES}"),
+            format!("ws://127.0.0.1:{}/", proxy.addr().port()),
+        ],
+        GUARD,
+    )
+    .await;
+    chaos.abort();
+    println!("{}", out.result);
+    let result: serde_json::Value = serde_json::from_str(&out.result)
+        .unwrap_or_else(|e| panic!("{e}: {} {}", out.result, out.stderr));
+    assert_eq!(result["inOrder"], true, "{result} {}", out.stderr);
+    assert_eq!(result["count"], MESSAGES, "{result}");
+    assert_eq!(result["lost"], serde_json::Value::Null, "{result}");
+    let mut handlers = Handlers::default();
+    handlers
+        .absorb_until(&mut rx, |h| {
+            h.by_id.values().map(|h| h.taken.len() as u64).sum::<u64>() == MESSAGES
+        })
+        .await;
+    handlers.assert_took_exactly(MESSAGES);
+    let moves = handlers.restored();
+    println!(
+        "{moves} moves to another node, {} connections",
+        proxy.accepted()
+    );
+    assert!(moves >= 10, "only {moves} moves to another node");
+    assert!(
+        result["resumes"].as_u64().unwrap() >= moves as u64,
+        "every move was a resume: {result}"
     );
 }

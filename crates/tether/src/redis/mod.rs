@@ -14,7 +14,7 @@
 //!
 //! | Key | Type | Holds |
 //! |---|---|---|
-//! | `P:{ID}:s` | hash | `holder` (the node), `sent`, `delivered`, `acked` |
+//! | `P:{ID}:s` | hash | `holder` (node and copy), `sent`, `delivered`, `acked`, `mark` |
 //! | `P:{ID}:o` | hash | the messages sent and not acknowledged, by number |
 //! | `P:{ID}:g` | string | why the session is gone (`expired` while it lives) |
 //!
@@ -38,7 +38,9 @@ use redis::{Client, Script};
 use tether_proto::session::{Kind, SessionId, Snapshot};
 
 use crate::error::{Error, Result};
-use crate::session::{BoxFuture, Change, Lookup, LostReason, Progress, Recorded, SessionStore};
+use crate::session::{
+    BoxFuture, Change, Holder, Lookup, LostReason, Progress, Recorded, SessionStore,
+};
 
 mod topic;
 pub use topic::{Position, RedisTopic, Subscription, TopicConfig, TopicEntry};
@@ -149,6 +151,11 @@ impl RedisStore {
         ]
     }
 
+    /// A holder as the store writes it: this node, then the copy.
+    fn holder(&self, holder: Holder) -> String {
+        format!("{}:{:016x}", self.inner.node, holder.as_u64())
+    }
+
     fn channel(&self) -> String {
         format!("{}:moved", self.inner.prefix)
     }
@@ -251,8 +258,9 @@ redis.call('PEXPIRE', KEYS[3], ARGV[3])
 return 0
 ";
 
-/// Takes a session for this node. KEYS: s, o, g. ARGV: node, channel, id. (The expiry is
-/// left as it is: the new holder's first record renews it.)
+/// Takes a session for a holder of this node. KEYS: s, o, g. ARGV: the new holder, the
+/// holder this node has in memory (empty for none), channel, id. (The expiry is left as it
+/// is: the new holder's first record renews it.)
 /// Returns {'found', sent, delivered, acked, mark, messages...}, {'held'}, {'gone', reason},
 /// {'unknown'} or {'broken'}.
 const LOAD: &str = r"
@@ -261,9 +269,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   if why then return {'gone', why} end
   return {'unknown'}
 end
-if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then return {'held'} end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'holder') == ARGV[2] then return {'held'} end
 redis.call('HSET', KEYS[1], 'holder', ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3] .. ' ' .. ARGV[1])
+redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[1])
 local sent = redis.call('HGET', KEYS[1], 'sent')
 local acked = redis.call('HGET', KEYS[1], 'acked')
 local out = {'found', sent, redis.call('HGET', KEYS[1], 'delivered'), acked,
@@ -288,12 +296,18 @@ return 0
 ";
 
 impl SessionStore for RedisStore {
-    fn save(&self, id: SessionId, snapshot: Snapshot, ttl: Duration) -> BoxFuture<'_, Result<()>> {
+    fn save(
+        &self,
+        id: SessionId,
+        holder: Holder,
+        snapshot: Snapshot,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let keys = self.keys(id);
             let mut call = self.inner.scripts.save.prepare_invoke();
             call.key(&keys[0]).key(&keys[1]).key(&keys[2]);
-            call.arg(&self.inner.node)
+            call.arg(self.holder(holder))
                 .arg(millis(ttl))
                 .arg(millis(ttl + TOMBSTONE))
                 .arg(snapshot.sent)
@@ -312,12 +326,18 @@ impl SessionStore for RedisStore {
         })
     }
 
-    fn load(&self, id: SessionId) -> BoxFuture<'_, Result<Lookup>> {
+    fn load(
+        &self,
+        id: SessionId,
+        take_as: Holder,
+        held: Option<Holder>,
+    ) -> BoxFuture<'_, Result<Lookup>> {
         Box::pin(async move {
             let keys = self.keys(id);
             let mut call = self.inner.scripts.load.prepare_invoke();
             call.key(&keys[0]).key(&keys[1]).key(&keys[2]);
-            call.arg(&self.inner.node)
+            call.arg(self.holder(take_as))
+                .arg(held.map(|h| self.holder(h)).unwrap_or_default())
                 .arg(self.channel())
                 .arg(id.to_string());
             let mut conn = self.inner.conn.clone();
@@ -360,12 +380,12 @@ impl SessionStore for RedisStore {
         })
     }
 
-    fn end(&self, id: SessionId, reason: LostReason) -> BoxFuture<'_, Result<()>> {
+    fn end(&self, id: SessionId, holder: Holder, reason: LostReason) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let keys = self.keys(id);
             let mut call = self.inner.scripts.end.prepare_invoke();
             call.key(&keys[0]).key(&keys[1]).key(&keys[2]);
-            call.arg(&self.inner.node)
+            call.arg(self.holder(holder))
                 .arg(reason.as_str())
                 .arg(millis(TOMBSTONE));
             let mut conn = self.inner.conn.clone();
@@ -383,6 +403,7 @@ impl SessionStore for RedisStore {
     fn record(
         &self,
         id: SessionId,
+        holder: Holder,
         change: Change,
         ttl: Duration,
     ) -> BoxFuture<'_, Result<Recorded>> {
@@ -390,7 +411,7 @@ impl SessionStore for RedisStore {
             let progress = match &change {
                 Change::Created => {
                     return self
-                        .save(id, Snapshot::default(), ttl)
+                        .save(id, holder, Snapshot::default(), ttl)
                         .await
                         .map(|()| Recorded::Done)
                 }
@@ -410,7 +431,7 @@ impl SessionStore for RedisStore {
             let keys = self.keys(id);
             let mut call = self.inner.scripts.record.prepare_invoke();
             call.key(&keys[0]).key(&keys[1]).key(&keys[2]);
-            call.arg(&self.inner.node)
+            call.arg(self.holder(holder))
                 .arg(millis(ttl))
                 .arg(millis(ttl + TOMBSTONE))
                 .arg(delivered)
@@ -469,7 +490,9 @@ impl SessionStore for RedisStore {
                                 let (Some(id), Some(holder)) = (parts.next(), parts.next()) else {
                                     continue;
                                 };
-                                if holder != node {
+                                // This node's own copies are its business (a move
+                                // back here replaces the old copy itself).
+                                if holder.split(':').next() != Some(node.as_str()) {
                                     if let Some(id) = SessionId::parse(id) {
                                         moved(id);
                                     }
