@@ -1088,3 +1088,54 @@ async fn the_javascript_client_in_chromium_survives_cuts_across_three_nodes() {
         "every move was a resume: {result}"
     );
 }
+
+/// A Redis that stalls for 3 s (longer than the store's 2 s response timeout) in the middle
+/// of an exchange: the session waits and retries, and nothing is lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_delays_a_session_but_loses_nothing() {
+    const MESSAGES: u64 = 600;
+    let redis = Arc::new(Redis::start());
+    let prefix = prefix();
+    let plan = Plan {
+        messages: MESSAGES,
+        batch: 2,
+        tick: Duration::from_millis(2),
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let a = Node::start(0, &redis.url(), &prefix, plan, tx);
+    let c = client(a.addr);
+    let sending = send_numbers(&c.session, MESSAGES, 2, Duration::from_millis(2));
+    let session = &c.session;
+    let stall = async {
+        while session.delivered() < MESSAGES / 3 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let redis = Arc::clone(&redis);
+        let before = session.delivered();
+        tokio::task::spawn_blocking(move || redis.stall(3.0))
+            .await
+            .unwrap();
+        assert!(
+            session.delivered() < MESSAGES,
+            "still going after the stall"
+        );
+        before
+    };
+    let (_, before) = timeout(GUARD, async {
+        tokio::join!(take_numbers(session, MESSAGES), stall)
+    })
+    .await
+    .expect("the client did not receive everything in time");
+    timeout(GUARD, sending).await.unwrap().unwrap();
+    let mut handlers = Handlers::default();
+    handlers
+        .absorb_until(&mut rx, |h| {
+            h.by_id.values().map(|h| h.taken.len() as u64).sum::<u64>() == MESSAGES
+        })
+        .await;
+    timeout(GUARD, c.session.close()).await.unwrap().unwrap();
+    handlers.assert_took_exactly(MESSAGES);
+    assert!(before < MESSAGES / 2);
+    assert_eq!(handlers.by_id.len(), 1, "the same handler throughout");
+    assert_eq!(c.lost.load(Ordering::Relaxed), 0);
+}

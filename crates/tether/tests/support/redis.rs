@@ -46,6 +46,8 @@ impl Redis {
         let child = Command::new(binary())
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            // For `DEBUG SLEEP` (a Redis that stalls); it only listens on 127.0.0.1.
+            .args(["--enable-debug-command", "yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -65,6 +67,17 @@ impl Redis {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Makes it stall for `seconds` (`DEBUG SLEEP`: it answers nobody meanwhile). Returns
+    /// once it answers again.
+    pub(crate) fn stall(&self, seconds: f64) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.write_all(format!("DEBUG SLEEP {seconds}\r\n").as_bytes())
+            .unwrap();
+        let mut buf = [0; 5];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"+OK\r\n");
     }
 
     /// Its URL.
