@@ -60,12 +60,31 @@ const STALL: Duration = Duration::from_secs(30);
 // Servers
 
 /// Accepts connections on `addr` and relays every data message to all of them.
-pub(crate) async fn serve(kind: Impl, addr: &str) -> io::Result<()> {
+///
+/// With `redis` (tether only), the hub is fed by a topic in that Redis (`RedisTopic`), and
+/// what a connection sends is published there: every server on the same Redis relays to its
+/// own connections what any of them received (a message is prepared once per server).
+pub(crate) async fn serve(kind: Impl, addr: &str, redis: Option<&str>) -> io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    println!("LISTENING {}", listener.local_addr()?);
     let tether_config =
         tether::ServerConfig::default().config(tether::Config::default().compression(None));
     let (tether_hub, _) = broadcast::channel::<tether::PreparedMessage>(CAPACITY);
+    let topic = match redis {
+        None => None,
+        Some(url) => {
+            let topic = tether::redis::RedisTopic::open(url, "bench").map_err(io::Error::other)?;
+            topic.position().await.map_err(io::Error::other)?;
+            let mut subscription = topic.subscribe();
+            let hub = tether_hub.clone();
+            tokio::spawn(async move {
+                while let Ok(entry) = subscription.next().await {
+                    let _ = hub.send(entry.prepared);
+                }
+            });
+            Some(topic)
+        }
+    };
+    println!("LISTENING {}", listener.local_addr()?);
     let (tungstenite_hub, _) =
         broadcast::channel::<tokio_tungstenite::tungstenite::Message>(CAPACITY);
     let (fastwebsockets_hub, _) = broadcast::channel::<tether::Bytes>(CAPACITY);
@@ -81,9 +100,12 @@ pub(crate) async fn serve(kind: Impl, addr: &str) -> io::Result<()> {
         };
         let _ = tcp.set_nodelay(true);
         match kind {
-            Impl::Tether => {
-                tokio::spawn(tether_relay(tcp, tether_config.clone(), tether_hub.clone()))
-            }
+            Impl::Tether => tokio::spawn(tether_relay(
+                tcp,
+                tether_config.clone(),
+                tether_hub.clone(),
+                topic.clone(),
+            )),
             Impl::Tungstenite => tokio::spawn(tungstenite_relay(tcp, tungstenite_hub.clone())),
             Impl::FastWebSockets => {
                 tokio::spawn(fastwebsockets_connection(tcp, fastwebsockets_hub.clone()))
@@ -107,6 +129,7 @@ async fn tether_relay(
     tcp: TcpStream,
     config: tether::ServerConfig,
     hub: broadcast::Sender<tether::PreparedMessage>,
+    topic: Option<tether::redis::RedisTopic>,
 ) {
     let Ok(Some((mut ws, _))) = tether::accept(tcp, &config).await else {
         return;
@@ -115,9 +138,16 @@ async fn tether_relay(
     loop {
         tokio::select! {
             received = ws.recv() => match received {
-                Some(Ok(msg)) => {
-                    let _ = hub.send(tether::PreparedMessage::from(msg));
-                }
+                Some(Ok(msg)) => match &topic {
+                    None => {
+                        let _ = hub.send(tether::PreparedMessage::from(msg));
+                    }
+                    Some(topic) => {
+                        if topic.publish(&msg).await.is_err() {
+                            break;
+                        }
+                    }
+                },
                 _ => break,
             },
             next = inbox.recv() => match next {
@@ -297,10 +327,13 @@ struct Tally {
     sent: Cell<u64>,
 }
 
-/// `bench broadcast --addr A --receivers N --size B --outstanding K --warmup S --duration S`
+/// `bench broadcast --addr A [--also B] --receivers N --size B --outstanding K --warmup S
+/// --duration S`: with `--also`, half the receivers connect to B (another server of the same
+/// broadcast); the sender connects to A.
 pub(crate) fn load(args: &Args) -> io::Result<()> {
     args.only(&[
         "addr",
+        "also",
         "receivers",
         "size",
         "outstanding",
@@ -312,6 +345,7 @@ pub(crate) fn load(args: &Args) -> io::Result<()> {
         .get("addr")
         .ok_or_else(|| io::Error::other("--addr"))?
         .to_owned();
+    let also = args.get("also").map(str::to_owned);
     let receivers: usize = args.parse_or("receivers", 1000)?;
     let size: usize = args.parse_or("size", 1024)?;
     if size < STAMP {
@@ -325,7 +359,15 @@ pub(crate) fn load(args: &Args) -> io::Result<()> {
         let shared = Rc::new(Shared::default());
         let tally = Rc::new(Tally::default());
         let mut open = 0;
-        for opened in open_many(&addr, receivers, false).await {
+        let (here, there) = match &also {
+            Some(_) => (receivers - receivers / 2, receivers / 2),
+            None => (receivers, 0),
+        };
+        let mut opened_all = open_many(&addr, here, false).await;
+        if let Some(also) = &also {
+            opened_all.extend(open_many(also, there, false).await);
+        }
+        for opened in opened_all {
             match opened {
                 Ok((tcp, extra)) => {
                     open += 1;

@@ -281,7 +281,15 @@ fn broadcast_summary(
     receivers: usize,
     server: &str,
 ) -> Option<BroadcastSummary> {
-    let runs = results.broadcast.get(&(receivers, server))?;
+    broadcast_summary_of(&results.broadcast, receivers, server)
+}
+
+fn broadcast_summary_of(
+    map: &BTreeMap<(usize, &'static str), Vec<Outcome>>,
+    receivers: usize,
+    server: &str,
+) -> Option<BroadcastSummary> {
+    let runs = map.get(&(receivers, server))?;
     let s = Summary::of(runs)?;
     let sent: Vec<f64> = runs
         .iter()
@@ -429,6 +437,7 @@ fn markdown(settings: &Settings, results: &Results, echo: &EchoTable, chart: boo
     broadcast_section(&mut md, results, settings);
     compression_section(&mut md, results);
     sessions_section(&mut md, results, settings);
+    scaling_section(&mut md, results);
     micro_section(&mut md, &results.micro);
     if !results.failures.is_empty() {
         let _ = writeln!(md, "### Problems during the run\n");
@@ -1019,6 +1028,80 @@ fn sessions_section(md: &mut String, results: &Results, settings: &Settings) {
         );
     }
     md.push('\n');
+}
+
+fn scaling_section(md: &mut String, results: &Results) {
+    use crate::run::{SCALING_BROADCASTS, SCALING_RECEIVERS, SCALING_STORES};
+    let table = summarize(&results.scaling_echo);
+    let broadcasts: Vec<_> = SCALING_BROADCASTS
+        .iter()
+        .filter_map(|setup| {
+            broadcast_summary_of(&results.scaling_broadcast, SCALING_RECEIVERS, setup)
+                .map(|b| (*setup, b))
+        })
+        .collect();
+    if table.is_empty() && broadcasts.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "### Many nodes: sessions and broadcast in Redis\n");
+    if !table.is_empty() {
+        let _ = writeln!(
+            md,
+            "tether's session client against tether's resumable echo server, with the sessions \
+             kept in the server's memory and in Redis (`RedisStore`: each message sent and each \
+             delivery is one Lua script, answered before the message goes on). Redis \
+             (`redis-server`, no persistence) runs on the load generator's core.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| Workload | Store | msgs/s | min–max | p50 µs | p99 µs | × memory |\n\
+             |---|---|--:|--:|--:|--:|--:|"
+        );
+        for &w in &SESSION_WORKLOADS {
+            let base = table.get(&(w, "memory"));
+            for store in SCALING_STORES {
+                if let Some(s) = table.get(&(w, store)) {
+                    throughput_row(md, WORKLOADS[w].label, store, s, base);
+                }
+            }
+        }
+        md.push('\n');
+    }
+    if !broadcasts.is_empty() {
+        let _ = writeln!(
+            md,
+            "tether's broadcast server (as in the broadcast section) to {} receivers: on one \
+             node, and on two nodes (both on the server's core) that publish what they receive \
+             to a Redis topic (`RedisTopic`) and relay what it carries, half the receivers on \
+             each; the sender is on the first.\n",
+            thousands(SCALING_RECEIVERS as f64)
+        );
+        let _ = writeln!(
+            md,
+            "| Setup | deliveries/s | min–max | sent msgs/s | p50 lag µs | p99 lag µs | lost | \
+             × one node |\n|---|--:|--:|--:|--:|--:|--:|--:|"
+        );
+        let one = broadcasts
+            .iter()
+            .find(|(s, _)| *s == "one node")
+            .map(|(_, b)| b.median);
+        for (setup, b) in &broadcasts {
+            let _ = writeln!(
+                md,
+                "| {setup} | {}{} | {}–{} | {} | {} | {} | {} | {} |",
+                thousands(b.median),
+                if b.errors > 0 { " ⚠" } else { "" },
+                thousands(b.min),
+                thousands(b.max),
+                thousands(b.sent_rate),
+                micros(b.p50_ns),
+                micros(b.p99_ns),
+                thousands(b.lost as f64),
+                ratio(one.map(|o| b.median / o)),
+            );
+        }
+        md.push('\n');
+    }
 }
 
 fn micro_section(md: &mut String, micro: &[MicroResult]) {

@@ -156,6 +156,8 @@ pub(crate) struct Settings {
     pub(crate) python: Option<String>,
     pub(crate) server_cpu: usize,
     pub(crate) load_cpu: usize,
+    /// Where the scaling section's Redis runs (default: the load generator's core).
+    pub(crate) redis_cpu: usize,
     pub(crate) servers: Vec<Impl>,
     pub(crate) sections: Vec<String>,
     pub(crate) micro: MicroMode,
@@ -171,7 +173,7 @@ impl Settings {
     }
 }
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "echo",
     "client",
     "handshakes",
@@ -179,6 +181,7 @@ const SECTIONS: [&str; 8] = [
     "broadcast",
     "compression",
     "sessions",
+    "scaling",
     "micro",
 ];
 
@@ -209,12 +212,13 @@ bench: comparative benchmarks of tether (see docs/benchmarks.md)
   --broadcast-outstanding N   messages the broadcast sender keeps out (default 8)
   --python PATH        Python with `websockets` (default .venv-test/bin/python, else python3)
   --only LIST          comma-separated sections: echo,client,handshakes,memory,broadcast,
-                       compression,sessions,micro
+                       compression,sessions,scaling,micro (scaling needs redis-server)
   --servers LIST       comma-separated servers (default all): tether,tether-axum,
                        tokio-tungstenite,fastwebsockets,tokio-websockets,raw-tcp,node-ws,
                        python-websockets (each section runs those of its own among them)
   --micro MODE         run (default: cargo bench the micro-benchmarks), summary (only read
                        existing criterion results) or skip
+  --redis-cpu N        the core of the scaling section's redis-server (default: --load-cpu)
   --server-cpu N       core for the servers (default 0)
   --load-cpu N         core for the load generator and this process (default 1)
 
@@ -249,6 +253,7 @@ fn settings(args: &Args, raw_args: &[String]) -> io::Result<Settings> {
         "micro",
         "server-cpu",
         "load-cpu",
+        "redis-cpu",
     ])?;
     let quick = args.flag("quick");
     let repeats: usize = args.parse_or("repeats", if quick { 2 } else { 5 })?.max(1);
@@ -303,6 +308,7 @@ fn settings(args: &Args, raw_args: &[String]) -> io::Result<Settings> {
         python: args.get("python").map(str::to_owned),
         server_cpu: args.parse_or("server-cpu", 0)?,
         load_cpu: args.parse_or("load-cpu", if cpus > 1 { 1 } else { 0 })?,
+        redis_cpu: args.parse_or("redis-cpu", if cpus > 1 { 1 } else { 0 })?,
         servers,
         sections,
         micro,
@@ -345,6 +351,12 @@ pub(crate) struct Results {
     pub(crate) sessions: BTreeMap<(usize, &'static str), Vec<Outcome>>,
     /// "plain" or "sessions" → idle connection counts.
     pub(crate) session_memory: BTreeMap<&'static str, Vec<MemorySample>>,
+    /// (workload index, store) → runs of the resumable echo with sessions in this process
+    /// or in Redis.
+    pub(crate) scaling_echo: BTreeMap<(usize, &'static str), Vec<Outcome>>,
+    /// (receivers, setup) → runs of tether's broadcast on one node, or on two nodes through
+    /// Redis.
+    pub(crate) scaling_broadcast: BTreeMap<(usize, &'static str), Vec<Outcome>>,
     /// Versions of the peers outside Rust, as found when they ran.
     pub(crate) external_versions: Vec<String>,
     pub(crate) micro: Vec<micro::MicroResult>,
@@ -401,6 +413,9 @@ fn run_all(s: &Settings) -> io::Result<()> {
     }
     if s.section("sessions") {
         run_sessions(s, &mut results)?;
+    }
+    if s.section("scaling") {
+        run_scaling(s, &mut results)?;
     }
     results.load_after = report::load_average();
     if s.section("micro") {
@@ -852,6 +867,139 @@ fn run_sessions(s: &Settings, results: &mut Results) -> io::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The scaling section's stores for the resumable echo.
+pub(crate) const SCALING_STORES: [&str; 2] = ["memory", "redis"];
+/// The scaling section's broadcast setups, and its receiver count.
+pub(crate) const SCALING_BROADCASTS: [&str; 2] = ["one node", "two nodes, Redis"];
+pub(crate) const SCALING_RECEIVERS: usize = 1000;
+
+/// Starts Debian's `redis-server` (no persistence) on a free port on 127.0.0.1, pinned to
+/// `cpu`; returns it and its URL once it answers.
+fn start_redis(cpu: usize) -> io::Result<(Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let args: Vec<String> = [
+        "-c",
+        &cpu.to_string(),
+        "redis-server",
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let child = Child::spawn_program(std::path::Path::new("taskset"), &args)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        use std::io::{Read as _, Write as _};
+        if let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let mut buf = [0; 7];
+            if tcp.write_all(b"PING\r\n").is_ok()
+                && tcp.read_exact(&mut buf).is_ok()
+                && &buf == b"+PONG\r\n"
+            {
+                return Ok((child, format!("redis://127.0.0.1:{port}/")));
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::other("redis-server did not answer in 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sessions and broadcast shared through Redis: the resumable echo with sessions kept in
+/// the server's memory and in Redis, and tether's broadcast to 1,000 receivers on one node
+/// and spread over two nodes that relay through a Redis topic. Redis runs on the load
+/// generator's core (`--redis-cpu`); both broadcast nodes on the server's.
+fn run_scaling(s: &Settings, results: &mut Results) -> io::Result<()> {
+    eprintln!("scaling: sessions in memory and in Redis; broadcast over one and two nodes");
+    let (redis, url) = start_redis(s.redis_cpu)?;
+    let redis_args = ["--redis".to_owned(), url.clone()];
+    let mut servers = Vec::new();
+    for store in SCALING_STORES {
+        let more: &[String] = if store == "redis" { &redis_args } else { &[] };
+        let server = ServerProcess::start_with(Impl::TetherSessions.name(), s.server_cpu, more)?;
+        servers.push((store, server));
+    }
+    for r in 0..s.repeats {
+        for &wi in &SESSION_WORKLOADS {
+            let w = WORKLOADS[wi];
+            for (store, server) in rotated(&servers.iter().collect::<Vec<_>>(), r) {
+                let args = client_args(Impl::TetherSessions, &server.addr, &w, s);
+                let what = format!("[{}/{}] sessions in {store} {}", r + 1, s.repeats, w.label);
+                let outcome = run_child(args, s);
+                let runs = results.scaling_echo.entry((wi, *store)).or_default();
+                record(&mut results.failures, runs, what, outcome);
+            }
+        }
+    }
+    for (_, server) in servers {
+        server.stop();
+    }
+    let mut broadcast_args = vec!["--broadcast".to_owned()];
+    broadcast_args.extend_from_slice(&redis_args);
+    for r in 0..s.repeats {
+        for setup in rotated(&SCALING_BROADCASTS, r) {
+            let what = format!(
+                "[{}/{}] broadcast to {SCALING_RECEIVERS} on {setup}",
+                r + 1,
+                s.repeats
+            );
+            let started: io::Result<Vec<ServerProcess>> = if setup == "one node" {
+                ServerProcess::start_with("tether", s.server_cpu, &["--broadcast".to_owned()])
+                    .map(|one| vec![one])
+            } else {
+                (0..2)
+                    .map(|_| ServerProcess::start_with("tether", s.server_cpu, &broadcast_args))
+                    .collect()
+            };
+            let nodes = match started {
+                Ok(nodes) => nodes,
+                Err(e) => {
+                    eprintln!("  {what}: FAILED: {e}");
+                    results.failures.push(format!("{what}: {e}"));
+                    continue;
+                }
+            };
+            let mut args: Vec<String> = [
+                "broadcast",
+                "--addr",
+                &nodes[0].addr,
+                "--receivers",
+                &SCALING_RECEIVERS.to_string(),
+                "--size",
+                &BROADCAST_SIZE.to_string(),
+                "--outstanding",
+                &s.broadcast_outstanding.to_string(),
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            if let Some(other) = nodes.get(1) {
+                args.extend(["--also".to_owned(), other.addr.clone()]);
+            }
+            args.extend(timing_args(s));
+            let outcome = run_child(args, s);
+            for node in nodes {
+                node.stop();
+            }
+            let runs = results
+                .scaling_broadcast
+                .entry((SCALING_RECEIVERS, setup))
+                .or_default();
+            record(&mut results.failures, runs, what, outcome);
+        }
+    }
+    redis.finish(Duration::ZERO);
     Ok(())
 }
 

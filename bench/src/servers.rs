@@ -114,12 +114,15 @@ impl Impl {
     }
 }
 
-/// `bench server --impl NAME [--addr 127.0.0.1:0] [--cpu N] [--broadcast] [--deflate-level L]`:
-/// prints `LISTENING <addr>` and serves until its standard input closes. `--broadcast` relays
-/// every message to every connection instead of echoing it (see [`crate::broadcast`]);
-/// `--deflate-level` turns tether's permessage-deflate on at that level.
+/// `bench server --impl NAME [--addr 127.0.0.1:0] [--cpu N] [--broadcast] [--deflate-level L]
+/// [--redis URL]`: prints `LISTENING <addr>` and serves until its standard input closes.
+/// `--broadcast` relays every message to every connection instead of echoing it (see
+/// [`crate::broadcast`]); `--deflate-level` turns tether's permessage-deflate on at that
+/// level; `--redis` keeps tether-sessions' sessions in that Redis (`RedisStore`), or relays
+/// tether's broadcast through a topic there (`RedisTopic`), shared with every server started
+/// with the same URL.
 pub(crate) fn main(args: &Args) -> io::Result<()> {
-    args.only(&["impl", "addr", "cpu", "broadcast", "deflate-level"])?;
+    args.only(&["impl", "addr", "cpu", "broadcast", "deflate-level", "redis"])?;
     let kind = args
         .get("impl")
         .and_then(Impl::parse)
@@ -128,6 +131,10 @@ pub(crate) fn main(args: &Args) -> io::Result<()> {
     let addr = args.get("addr").unwrap_or("127.0.0.1:0").to_owned();
     let broadcast = args.flag("broadcast");
     let level: Option<u8> = args.parse("deflate-level")?;
+    let redis = args.get("redis").map(str::to_owned);
+    if redis.is_some() && !matches!(kind, Impl::TetherSessions | Impl::Tether) {
+        return Err(io::Error::other("--redis: tether or tether-sessions only"));
+    }
     if level.is_some() && kind != Impl::Tether {
         return Err(io::Error::other("--deflate-level: tether only"));
     }
@@ -144,33 +151,40 @@ pub(crate) fn main(args: &Args) -> io::Result<()> {
         .enable_all()
         .build()?;
     if broadcast {
-        return rt.block_on(crate::broadcast::serve(kind, &addr));
+        return rt.block_on(crate::broadcast::serve(kind, &addr, redis.as_deref()));
     }
     if kind == Impl::Axum {
         return rt.block_on(axum_serve(&addr));
     }
-    rt.block_on(serve(kind, &addr, compression))
+    rt.block_on(serve(kind, &addr, compression, redis.as_deref()))
 }
 
 async fn serve(
     kind: Impl,
     addr: &str,
     compression: Option<tether::DeflateConfig>,
+    redis: Option<&str>,
 ) -> io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     println!("LISTENING {}", listener.local_addr()?);
     let tether_config =
         tether::ServerConfig::default().config(tether::Config::default().compression(compression));
-    let sessions = tether::session::SessionServer::new(
-        tether::session::SessionServerConfig::default(),
-        |session| async move {
-            while let Some(Ok(msg)) = session.recv().await {
-                if session.send(msg).await.is_err() {
-                    break;
-                }
+    let echo = |session: tether::session::SessionHandle| async move {
+        while let Some(Ok(msg)) = session.recv().await {
+            if session.send(msg).await.is_err() {
+                break;
             }
-        },
-    );
+        }
+    };
+    let config = tether::session::SessionServerConfig::default();
+    let sessions = match redis {
+        None => tether::session::SessionServer::new(config, echo),
+        Some(url) => {
+            let store = tether::redis::RedisStore::open(url).map_err(io::Error::other)?;
+            store.ping().await.map_err(io::Error::other)?;
+            tether::session::SessionServer::with_store(config, std::sync::Arc::new(store), echo)
+        }
+    };
     let session_config = sessions.server_config(tether_config.clone());
     loop {
         let tcp = match listener.accept().await {
