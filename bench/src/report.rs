@@ -1048,9 +1048,11 @@ fn scaling_section(md: &mut String, results: &Results) {
         let _ = writeln!(
             md,
             "tether's session client against tether's resumable echo server, with the sessions \
-             kept in the server's memory and in Redis (`RedisStore`: each message sent and each \
-             delivery is one Lua script, answered before the message goes on). Redis \
-             (`redis-server`, no persistence) runs on the load generator's core.\n"
+             kept in the server's memory and in Redis (`RedisStore`: the messages sent and the \
+             deliveries are recorded with one Lua script per batch, answered before the \
+             messages go on). The handler answers what waits together (`recv_batch` and \
+             `send_batch`, up to 64), with either store. Redis (`redis-server`, no \
+             persistence) runs on the load generator's core.\n"
         );
         let _ = writeln!(
             md,

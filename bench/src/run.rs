@@ -927,8 +927,11 @@ fn run_scaling(s: &Settings, results: &mut Results) -> io::Result<()> {
     let redis_args = ["--redis".to_owned(), url.clone()];
     let mut servers = Vec::new();
     for store in SCALING_STORES {
-        let more: &[String] = if store == "redis" { &redis_args } else { &[] };
-        let server = ServerProcess::start_with(Impl::TetherSessions.name(), s.server_cpu, more)?;
+        let mut more = vec!["--batch".to_owned()];
+        if store == "redis" {
+            more.extend_from_slice(&redis_args);
+        }
+        let server = ServerProcess::start_with(Impl::TetherSessions.name(), s.server_cpu, &more)?;
         servers.push((store, server));
     }
     for r in 0..s.repeats {

@@ -120,9 +120,18 @@ impl Impl {
 /// [`crate::broadcast`]); `--deflate-level` turns tether's permessage-deflate on at that
 /// level; `--redis` keeps tether-sessions' sessions in that Redis (`RedisStore`), or relays
 /// tether's broadcast through a topic there (`RedisTopic`), shared with every server started
-/// with the same URL.
+/// with the same URL; `--batch` makes tether-sessions answer what waits together
+/// (`recv_batch`, `send_batch`).
 pub(crate) fn main(args: &Args) -> io::Result<()> {
-    args.only(&["impl", "addr", "cpu", "broadcast", "deflate-level", "redis"])?;
+    args.only(&[
+        "impl",
+        "addr",
+        "cpu",
+        "broadcast",
+        "deflate-level",
+        "redis",
+        "batch",
+    ])?;
     let kind = args
         .get("impl")
         .and_then(Impl::parse)
@@ -132,6 +141,7 @@ pub(crate) fn main(args: &Args) -> io::Result<()> {
     let broadcast = args.flag("broadcast");
     let level: Option<u8> = args.parse("deflate-level")?;
     let redis = args.get("redis").map(str::to_owned);
+    let batch = args.flag("batch");
     if redis.is_some() && !matches!(kind, Impl::TetherSessions | Impl::Tether) {
         return Err(io::Error::other("--redis: tether or tether-sessions only"));
     }
@@ -156,7 +166,7 @@ pub(crate) fn main(args: &Args) -> io::Result<()> {
     if kind == Impl::Axum {
         return rt.block_on(axum_serve(&addr));
     }
-    rt.block_on(serve(kind, &addr, compression, redis.as_deref()))
+    rt.block_on(serve(kind, &addr, compression, redis.as_deref(), batch))
 }
 
 async fn serve(
@@ -164,12 +174,22 @@ async fn serve(
     addr: &str,
     compression: Option<tether::DeflateConfig>,
     redis: Option<&str>,
+    batch: bool,
 ) -> io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     println!("LISTENING {}", listener.local_addr()?);
     let tether_config =
         tether::ServerConfig::default().config(tether::Config::default().compression(compression));
-    let echo = |session: tether::session::SessionHandle| async move {
+    let echo = move |session: tether::session::SessionHandle| async move {
+        if batch {
+            // What waits is answered together: one store request each way per batch.
+            while let Some(Ok(msgs)) = session.recv_batch(64).await {
+                if session.send_batch(msgs, None).await.is_err() {
+                    break;
+                }
+            }
+            return;
+        }
         while let Some(Ok(msg)) = session.recv().await {
             if session.send(msg).await.is_err() {
                 break;

@@ -273,7 +273,7 @@ struct Durable {
     send_turn: tokio::sync::Mutex<()>,
     /// One `recv` at a time records its delivery; a message whose recording a cancelled
     /// `recv` left unfinished waits here for the next one.
-    recv_turn: tokio::sync::Mutex<Option<(u64, Message)>>,
+    recv_turn: tokio::sync::Mutex<Option<(u64, Vec<Message>)>>,
 }
 
 impl Shared {
@@ -513,48 +513,86 @@ async fn send_durable(
     msg: Message,
     mark: Option<tether_proto::Bytes>,
 ) -> Result<()> {
-    let (kind, payload) = message_parts(&msg);
+    send_durable_batch(shared, durable, vec![msg], mark).await
+}
+
+/// How many of `batch` (at least one) the replay buffer takes now.
+fn room_for(st: &State, batch: &[(Kind, tether_proto::Bytes)]) -> usize {
+    let config = st.session.config();
+    let (mut count, mut bytes) = st.session.buffered();
+    let mut fits = 0;
+    for (_, payload) in batch {
+        let full = count > 0
+            && (count >= config.max_buffered_messages
+                || bytes.saturating_add(payload.len()) > config.max_buffered_bytes);
+        if full {
+            break;
+        }
+        count += 1;
+        bytes += payload.len();
+        fits += 1;
+    }
+    fits
+}
+
+/// Sends of a server session in a shared store: the messages are recorded there (as many
+/// as the buffer takes at a time, in one request) before they are queued for the client,
+/// so that whichever server resumes the session has them. The mark goes with the last.
+async fn send_durable_batch(
+    shared: &Shared,
+    durable: &Durable,
+    msgs: Vec<Message>,
+    mark: Option<tether_proto::Bytes>,
+) -> Result<()> {
+    let mut rest: VecDeque<(Kind, tether_proto::Bytes)> = msgs.iter().map(message_parts).collect();
     let _turn = durable.send_turn.lock().await;
-    let (id, seq, progress) = loop {
-        let notified = shared.to_send.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        {
-            let mut st = shared.lock();
-            if st.ended.is_some() || st.closing.is_some() {
-                return Err(Error::ConnectionClosed);
+    while !rest.is_empty() {
+        let (id, first_seq, progress, take) = loop {
+            let notified = shared.to_send.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = shared.lock();
+                if st.ended.is_some() || st.closing.is_some() {
+                    return Err(Error::ConnectionClosed);
+                }
+                let take = room_for(&st, rest.make_contiguous());
+                if take > 0 {
+                    let id = st.session.id();
+                    break (id, st.session.sent() + 1, progress_of(&st), take);
+                }
+                if !st.session.is_up() && shared.overflow == Overflow::End {
+                    shared.end(&mut st, EndReason::Overflow, None);
+                    return Err(Error::ConnectionClosed);
+                }
             }
-            if !st.session.is_full(payload.len()) {
-                break (st.session.id(), st.session.sent() + 1, progress_of(&st));
-            }
-            if !st.session.is_up() && shared.overflow == Overflow::End {
-                shared.end(&mut st, EndReason::Overflow, None);
+            notified.await;
+        };
+        let chunk: Vec<_> = rest.drain(..take).collect();
+        let chunk_mark = if rest.is_empty() { mark.clone() } else { None };
+        let change = Change::Sent {
+            first_seq,
+            messages: chunk.clone(),
+            mark: chunk_mark.clone(),
+            progress,
+        };
+        record(shared, durable, id, change).await?;
+        let mut st = shared.lock();
+        if st.ended.is_some() {
+            return Err(Error::ConnectionClosed);
+        }
+        for (kind, payload) in chunk {
+            // Room was checked with the turn held, and only sends take room.
+            if st.session.send(kind, payload).is_err() {
                 return Err(Error::ConnectionClosed);
             }
         }
-        notified.await;
-    };
-    let change = Change::Sent {
-        seq,
-        kind,
-        payload: payload.clone(),
-        mark: mark.clone(),
-        progress,
-    };
-    record(shared, durable, id, change).await?;
-    let mut st = shared.lock();
-    if st.ended.is_some() {
-        return Err(Error::ConnectionClosed);
-    }
-    // Room was checked with the turn held, and only sends take room.
-    if st.session.send(kind, payload).is_err() {
-        return Err(Error::ConnectionClosed);
-    }
-    if let Some(mark) = mark {
-        st.session.set_mark(mark);
-    }
-    if st.session.is_up() {
-        shared.to_link.notify_waiters();
+        if let Some(mark) = chunk_mark {
+            st.session.set_mark(mark);
+        }
+        if st.session.is_up() {
+            shared.to_link.notify_waiters();
+        }
     }
     Ok(())
 }
@@ -610,9 +648,14 @@ async fn record(shared: &Shared, durable: &Durable, id: SessionId, change: Chang
     }
 }
 
-/// `recv` of a server session in a shared store: a delivery is recorded there before the
-/// message is returned, so that no server delivers it again.
-async fn recv_durable(shared: &Shared, durable: &Durable) -> Option<Result<Message>> {
+/// `recv` of a server session in a shared store: deliveries are recorded there (up to
+/// `max` messages waiting, in one request) before the messages are returned, so that no
+/// server delivers them again.
+async fn recv_durable(
+    shared: &Shared,
+    durable: &Durable,
+    max: usize,
+) -> Option<Result<Vec<Message>>> {
     let mut turn = durable.recv_turn.lock().await;
     if turn.is_none() {
         loop {
@@ -624,8 +667,15 @@ async fn recv_durable(shared: &Shared, durable: &Durable) -> Option<Result<Messa
                 if let Some(e) = st.errors.pop_front() {
                     return Some(Err(e));
                 }
-                if let Some((kind, payload)) = st.session.poll_message(now()) {
-                    *turn = Some((st.session.delivered(), to_message(kind, payload)));
+                let mut taken = Vec::new();
+                while taken.len() < max.max(1) {
+                    let Some((kind, payload)) = st.session.poll_message(now()) else {
+                        break;
+                    };
+                    taken.push(to_message(kind, payload));
+                }
+                if !taken.is_empty() {
+                    *turn = Some((st.session.delivered(), taken));
                     break;
                 }
                 if st.ended.is_some() {
@@ -645,8 +695,8 @@ async fn recv_durable(shared: &Shared, durable: &Durable) -> Option<Result<Messa
         .await
         .is_err()
     {
-        // The session ended (here, or it moved): this message was not taken here; the
-        // server that goes on with the session delivers it.
+        // The session ended (here, or it moved): these messages were not taken here; the
+        // server that goes on with the session delivers them.
         turn.take();
         let mut st = shared.lock();
         return st.errors.pop_front().map(Err);
@@ -658,7 +708,26 @@ async fn recv_durable(shared: &Shared, durable: &Durable) -> Option<Result<Messa
     {
         shared.to_link.notify_waiters();
     }
-    turn.take().map(|(_, msg)| Ok(msg))
+    turn.take().map(|(_, msgs)| Ok(msgs))
+}
+
+/// `recv_batch` of a session outside a shared store: waits for one message, then takes what
+/// else is waiting, up to `max`.
+async fn recv_batch_on(handle: &SessionHandle, max: usize) -> Option<Result<Vec<Message>>> {
+    let first = match handle.recv().await? {
+        Ok(msg) => msg,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut msgs = vec![first];
+    let shared = &*handle.shared;
+    let mut st = shared.lock();
+    while msgs.len() < max && st.errors.is_empty() {
+        match try_recv(shared, &mut st) {
+            Some(Some(Ok(msg))) => msgs.push(msg),
+            _ => break,
+        }
+    }
+    Some(Ok(msgs))
 }
 
 impl SessionSender {
@@ -783,6 +852,39 @@ impl SessionHandle {
         send_on(&self.shared, msg.into(), Some(mark.into())).await
     }
 
+    /// Sends several messages, in order, as [`send`](Self::send) would one after the other
+    /// (the mark, if any, goes with the last). With a shared store they are recorded in one
+    /// request (as many as the buffer takes at a time) instead of one each: a handler that
+    /// answers batches of messages costs the store one round trip per batch.
+    pub async fn send_batch(
+        &self,
+        msgs: Vec<Message>,
+        mark: Option<tether_proto::Bytes>,
+    ) -> Result<()> {
+        let shared = &*self.shared;
+        if let Some(durable) = &shared.durable {
+            return send_durable_batch(shared, durable, msgs, mark).await;
+        }
+        let last = msgs.len().saturating_sub(1);
+        for (i, msg) in msgs.into_iter().enumerate() {
+            let mark = if i == last { mark.clone() } else { None };
+            send_on(shared, msg, mark).await?;
+        }
+        Ok(())
+    }
+
+    /// As [`recv`](Self::recv), taking every message already waiting, up to `max` (at least
+    /// one): with a shared store, their deliveries are recorded in one request.
+    ///
+    /// **Cancel safety:** cancel-safe.
+    pub async fn recv_batch(&self, max: usize) -> Option<Result<Vec<Message>>> {
+        let shared = &*self.shared;
+        if let Some(durable) = &shared.durable {
+            return recv_durable(shared, durable, max).await;
+        }
+        recv_batch_on(self, max.max(1)).await
+    }
+
     /// Sets the session's mark without sending (for example a feed's position when the
     /// session starts following it). Fails once the session ended.
     pub async fn set_mark(&self, mark: impl Into<tether_proto::Bytes>) -> Result<()> {
@@ -803,7 +905,9 @@ impl SessionHandle {
     pub async fn recv(&self) -> Option<Result<Message>> {
         let shared = &*self.shared;
         if let Some(durable) = &shared.durable {
-            return recv_durable(shared, durable).await;
+            return recv_durable(shared, durable, 1)
+                .await
+                .map(|r| r.map(|mut msgs| msgs.remove(0)));
         }
         // Fast path: a message is waiting (no waiter registered).
         if let Some(ready) = try_recv(shared, &mut shared.lock()) {
@@ -1675,16 +1779,14 @@ pub enum Lookup {
 pub enum Change {
     /// A new session: nothing sent or delivered yet.
     Created,
-    /// The application sent message `seq` (1, 2, …), to be kept until the client
-    /// acknowledges it.
+    /// The application sent messages `first_seq`, `first_seq + 1`, … (1, 2, … in the
+    /// session), to be kept until the client acknowledges them.
     Sent {
-        /// Its number.
-        seq: u64,
-        /// Text or binary.
-        kind: Kind,
-        /// Its payload.
-        payload: tether_proto::Bytes,
-        /// The application's new mark, set with the message
+        /// The number of the first.
+        first_seq: u64,
+        /// The messages: text or binary, and the payload.
+        messages: Vec<(Kind, tether_proto::Bytes)>,
+        /// The application's new mark, set with the last message
         /// ([`SessionHandle::send_marked`]).
         mark: Option<tether_proto::Bytes>,
         /// The counts as they stand.

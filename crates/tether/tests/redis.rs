@@ -1139,3 +1139,77 @@ async fn a_stalled_redis_delays_a_session_but_loses_nothing() {
     assert_eq!(handlers.by_id.len(), 1, "the same handler throughout");
     assert_eq!(c.lost.load(Ordering::Relaxed), 0);
 }
+
+/// A handler that answers batches (`recv_batch`, `send_batch`: one Redis request for each)
+/// echoes 2,000 messages, with 16 in flight, across a move to another node: every echo
+/// arrives exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_recorded_whole_and_survive_a_move() {
+    const MESSAGES: u64 = 2_000;
+    let redis = Redis::start();
+    let prefix = prefix();
+    let mut addrs = Vec::new();
+    let mut runtimes = Vec::new();
+    for _ in 0..2 {
+        let (url, prefix) = (redis.url(), prefix.clone());
+        let (addr, rt) = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let addr = rt.block_on(async move {
+                let store = Arc::new(RedisStore::open_with_prefix(&url, &prefix).unwrap());
+                let sessions = SessionServer::with_store(
+                    SessionServerConfig::default(),
+                    store,
+                    |session| async move {
+                        while let Some(Ok(batch)) = session.recv_batch(64).await {
+                            if session.send_batch(batch, None).await.is_err() {
+                                break;
+                            }
+                        }
+                    },
+                );
+                let config = sessions.server_config(ServerConfig::default().config(keepalive()));
+                let server = Server::bind("127.0.0.1:0", config).await.unwrap();
+                let addr = server.local_addr().unwrap();
+                tokio::spawn(server.serve(move |ws, _| sessions.serve(ws)));
+                addr
+            });
+            (addr, rt)
+        })
+        .join()
+        .unwrap();
+        addrs.push(addr);
+        runtimes.push(rt);
+    }
+    let proxy = ChaosProxy::start(addrs[0]).await;
+    let c = client(proxy.addr());
+    let sender = c.session.sender();
+    let sending = tokio::spawn(async move {
+        for n in 1..=MESSAGES {
+            sender.send(message('s', n)).await.unwrap();
+        }
+    });
+    let session = &c.session;
+    let moving = async {
+        while session.delivered() < MESSAGES / 2 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        proxy.retarget(addrs[1]);
+        proxy.fault(Fault::Rst);
+    };
+    timeout(GUARD, async {
+        tokio::join!(take_numbers(session, MESSAGES), moving)
+    })
+    .await
+    .expect("every echo in time");
+    timeout(GUARD, sending).await.unwrap().unwrap();
+    timeout(GUARD, c.session.close()).await.unwrap().unwrap();
+    assert!(c.resumes.load(Ordering::Relaxed) >= 1);
+    assert_eq!(c.lost.load(Ordering::Relaxed), 0);
+    for rt in runtimes {
+        rt.shutdown_background();
+    }
+}

@@ -545,3 +545,42 @@ async fn a_second_connection_taking_the_session_over_supersedes_the_first() {
     }
     assert!(log.lock().unwrap().contains(&"lost superseded".to_owned()));
 }
+
+#[tokio::test]
+async fn batches_in_and_out_keep_order_and_take_what_is_waiting() {
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&sizes);
+    let sessions = SessionServer::new(SessionServerConfig::default(), move |session| {
+        let seen = Arc::clone(&seen);
+        async move {
+            while let Some(Ok(batch)) = session.recv_batch(16).await {
+                seen.lock().unwrap().push(batch.len());
+                if session.send_batch(batch, None).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let server = start(sessions).await;
+    let (builder, _log) = client(server.addr);
+    let session = builder.start();
+    // Sent in one go: batches on the server find several waiting, never more than 16.
+    session
+        .send_batch(
+            (0..500).map(|i| Message::text(format!("m{i}"))).collect(),
+            None,
+        )
+        .await
+        .unwrap();
+    for i in 0..500 {
+        assert_eq!(recv_text(&session).await, format!("m{i}"));
+    }
+    timeout(GUARD, session.close()).await.unwrap().unwrap();
+    let sizes = sizes.lock().unwrap().clone();
+    assert_eq!(sizes.iter().sum::<usize>(), 500);
+    assert!(sizes.iter().all(|&n| (1..=16).contains(&n)), "{sizes:?}");
+    assert!(
+        sizes.iter().any(|&n| n > 1),
+        "some batch took several: {sizes:?}"
+    );
+}

@@ -222,8 +222,8 @@ return 0
 ";
 
 /// Records progress and, optionally, a message sent, if this node holds the session.
-/// KEYS: s, o, g. ARGV: node, ttl, tombstone, delivered, acked, mark (empty: unchanged)[,
-/// number, message].
+/// KEYS: s, o, g. ARGV: holder, ttl, tombstone, delivered, acked, mark (empty: unchanged),
+/// then number and message pairs.
 /// Returns 0 (done), 1 (held elsewhere, or ended), 2 (missing: the store lost it).
 const RECORD: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -246,10 +246,12 @@ end
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[1], 'mark', ARGV[6])
 end
-if ARGV[7] then
-  redis.call('HSET', KEYS[2], ARGV[7], ARGV[8])
-  if tonumber(ARGV[7]) > tonumber(redis.call('HGET', KEYS[1], 'sent')) then
-    redis.call('HSET', KEYS[1], 'sent', ARGV[7])
+local sent = tonumber(redis.call('HGET', KEYS[1], 'sent'))
+for i = 7, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  if tonumber(ARGV[i]) > sent then
+    sent = tonumber(ARGV[i])
+    redis.call('HSET', KEYS[1], 'sent', ARGV[i])
   end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -438,10 +440,14 @@ impl SessionStore for RedisStore {
                 .arg(acknowledged)
                 .arg(mark_arg(mark));
             if let Change::Sent {
-                seq, kind, payload, ..
+                first_seq,
+                messages,
+                ..
             } = &change
             {
-                call.arg(*seq).arg(encode(*kind, payload));
+                for (i, (kind, payload)) in messages.iter().enumerate() {
+                    call.arg(first_seq + i as u64).arg(encode(*kind, payload));
+                }
             }
             let mut conn = self.inner.conn.clone();
             match call

@@ -223,11 +223,10 @@ impl RedisTopic {
             }
         };
         let mut subscription = self.subscribe_after(after);
-        let sender = session.sender();
         let deliver = async {
             loop {
-                let entry = match subscription.next().await {
-                    Ok(entry) => entry,
+                let entries = match subscription.next_batch(BATCH).await {
+                    Ok(entries) => entries,
                     Err(Error::Other(e)) if subscription.missed() => {
                         return Err(Error::Other(e));
                     }
@@ -237,11 +236,10 @@ impl RedisTopic {
                         continue;
                     }
                 };
-                if sender
-                    .send_marked(entry.message, entry.position.to_bytes())
-                    .await
-                    .is_err()
-                {
+                // One request to the store for the whole batch, marked with its last entry.
+                let mark = entries.last().map(|e| e.position.to_bytes());
+                let msgs = entries.into_iter().map(|e| e.message).collect();
+                if session.send_batch(msgs, mark).await.is_err() {
                     return Ok(());
                 }
             }
@@ -366,6 +364,9 @@ where
     }
 }
 
+/// Most entries a relay sends a session in one batch (one store request).
+const BATCH: usize = 64;
+
 /// Entries read back from the stream per request while catching up.
 const CATCH_UP: usize = 512;
 
@@ -374,6 +375,37 @@ impl Subscription {
     /// opposed to Redis being away, after which `next` can be called again).
     pub fn missed(&self) -> bool {
         self.missed
+    }
+
+    /// The next entry and what else is already there, up to `max` (at least one), as
+    /// [`next`](Self::next).
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<TopicEntry>> {
+        let mut batch = vec![self.next().await?];
+        while batch.len() < max {
+            if let Some(entry) = self.backlog.pop_front() {
+                self.last = Some(entry.position);
+                batch.push(entry);
+                continue;
+            }
+            if !matches!(self.catch_up, Catchup::No) {
+                break;
+            }
+            match self.rx.try_recv() {
+                Ok(entry) => {
+                    if self.last.is_some_and(|last| entry.position <= last) {
+                        continue;
+                    }
+                    self.last = Some(entry.position);
+                    batch.push((*entry).clone());
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    self.catch_up = Catchup::Behind;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
     }
 
     /// The next entry, in the topic's order, each once. Fails when entries were missed for
