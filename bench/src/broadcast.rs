@@ -143,7 +143,16 @@ async fn tether_relay(
                         let _ = hub.send(tether::PreparedMessage::from(msg));
                     }
                     Some(topic) => {
-                        if topic.publish(&msg).await.is_err() {
+                        // What else has arrived already is published with it, in one round
+                        // trip, so that it reaches every receiver together.
+                        let mut msgs = vec![msg];
+                        while msgs.len() < BATCH {
+                            match futures_util::FutureExt::now_or_never(ws.recv()) {
+                                Some(Some(Ok(more))) => msgs.push(more),
+                                _ => break,
+                            }
+                        }
+                        if topic.publish_batch(&msgs).await.is_err() {
                             break;
                         }
                     }

@@ -516,12 +516,15 @@ async fn send_durable(
     send_durable_batch(shared, durable, vec![msg], mark).await
 }
 
-/// How many of `batch` (at least one) the replay buffer takes now.
+/// Most messages recorded in one store request (a script's arguments are bounded).
+const RECORD_BATCH: usize = 1000;
+
+/// How many of `batch` the replay buffer takes now (at most [`RECORD_BATCH`]).
 fn room_for(st: &State, batch: &[(Kind, tether_proto::Bytes)]) -> usize {
     let config = st.session.config();
     let (mut count, mut bytes) = st.session.buffered();
     let mut fits = 0;
-    for (_, payload) in batch {
+    for (_, payload) in batch.iter().take(RECORD_BATCH) {
         let full = count > 0
             && (count >= config.max_buffered_messages
                 || bytes.saturating_add(payload.len()) > config.max_buffered_bytes);

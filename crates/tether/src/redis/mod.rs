@@ -221,38 +221,51 @@ redis.call('SET', KEYS[3], 'expired', 'PX', ARGV[3])
 return 0
 ";
 
-/// Records progress and, optionally, a message sent, if this node holds the session.
+/// Records progress and, optionally, messages sent, if this copy holds the session (a few
+/// commands whatever the batch: one read of the counts, one write of each hash).
 /// KEYS: s, o, g. ARGV: holder, ttl, tombstone, delivered, acked, mark (empty: unchanged),
 /// then number and message pairs.
 /// Returns 0 (done), 1 (held elsewhere, or ended), 2 (missing: the store lost it).
 const RECORD: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local meta = redis.call('HMGET', KEYS[1], 'holder', 'delivered', 'acked', 'sent')
+if not meta[1] then
   if redis.call('EXISTS', KEYS[3]) == 1 then return 1 end
   return 2
 end
-if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[1] then return 1 end
-local delivered = tonumber(ARGV[4])
-if delivered > tonumber(redis.call('HGET', KEYS[1], 'delivered')) then
-  redis.call('HSET', KEYS[1], 'delivered', ARGV[4])
+if meta[1] ~= ARGV[1] then return 1 end
+local counts = {}
+if tonumber(ARGV[4]) > tonumber(meta[2]) then
+  counts[#counts + 1] = 'delivered'
+  counts[#counts + 1] = ARGV[4]
 end
-local acked = tonumber(ARGV[5])
-local before = tonumber(redis.call('HGET', KEYS[1], 'acked'))
+local acked, before = tonumber(ARGV[5]), tonumber(meta[3])
 if acked > before then
-  for n = before + 1, acked do
-    redis.call('HDEL', KEYS[2], tostring(n))
+  local n = before + 1
+  while n <= acked do
+    local gone = {}
+    while n <= acked and #gone < 1000 do
+      gone[#gone + 1] = n
+      n = n + 1
+    end
+    redis.call('HDEL', KEYS[2], unpack(gone))
   end
-  redis.call('HSET', KEYS[1], 'acked', ARGV[5])
+  counts[#counts + 1] = 'acked'
+  counts[#counts + 1] = ARGV[5]
 end
 if ARGV[6] ~= '' then
-  redis.call('HSET', KEYS[1], 'mark', ARGV[6])
+  counts[#counts + 1] = 'mark'
+  counts[#counts + 1] = ARGV[6]
 end
-local sent = tonumber(redis.call('HGET', KEYS[1], 'sent'))
-for i = 7, #ARGV, 2 do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-  if tonumber(ARGV[i]) > sent then
-    sent = tonumber(ARGV[i])
-    redis.call('HSET', KEYS[1], 'sent', ARGV[i])
+if #ARGV >= 8 then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+  local last = ARGV[#ARGV - 1]
+  if tonumber(last) > tonumber(meta[4]) then
+    counts[#counts + 1] = 'sent'
+    counts[#counts + 1] = last
   end
+end
+if #counts > 0 then
+  redis.call('HSET', KEYS[1], unpack(counts))
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])

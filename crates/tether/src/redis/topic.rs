@@ -181,6 +181,32 @@ impl RedisTopic {
         id.parse()
     }
 
+    /// Publishes several messages, in order, in one round trip (a pipeline of `XADD`s):
+    /// they reach subscribers together, so each node writes them to a connection in one go.
+    /// Returns their positions.
+    pub async fn publish_batch(&self, msgs: &[Message]) -> Result<Vec<Position>> {
+        let mut pipe = redis::pipe();
+        for msg in msgs {
+            let (kind, payload): (&str, &[u8]) = match msg {
+                Message::Text(t) => ("t", t.as_str().as_bytes()),
+                Message::Binary(b) => ("b", b),
+            };
+            pipe.cmd("XADD")
+                .arg(&self.inner.key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.inner.config.history)
+                .arg("*")
+                .arg("k")
+                .arg(kind)
+                .arg("d")
+                .arg(payload);
+        }
+        let mut conn = self.inner.conn.clone();
+        let ids: Vec<String> = pipe.query_async(&mut conn).await.map_err(store_error)?;
+        ids.iter().map(|id| id.parse()).collect()
+    }
+
     /// Where the topic ends now: the position of its last entry (`0-0` when it has none).
     pub async fn position(&self) -> Result<Position> {
         let mut conn = self.inner.conn.clone();
@@ -197,7 +223,8 @@ impl RedisTopic {
     }
 
     /// Carries a session on this topic for as long as it lives: what its client sends is
-    /// published, and every entry of the topic goes to the client, in order, each once,
+    /// published (what waits is published together), and every entry of the topic goes to
+    /// the client, in order, each once,
     /// marked with its position ([`SessionHandle::send_marked`]). A session restored on
     /// another node goes on right after the last entry it got; a new one starts where the
     /// topic ends when it joins. Redis being away only makes it wait (publishing and reading
@@ -245,9 +272,9 @@ impl RedisTopic {
             }
         };
         let publish = async {
-            while let Some(Ok(msg)) = session.recv().await {
-                received(&msg);
-                retry(|| self.publish(&msg)).await;
+            while let Some(Ok(msgs)) = session.recv_batch(BATCH).await {
+                msgs.iter().for_each(&mut received);
+                retry(|| self.publish_batch(&msgs)).await;
             }
             Ok(())
         };
