@@ -1018,6 +1018,24 @@ impl CuttableRelay {
     }
 }
 
+/// Closes the client's input and collects the messages it prints until its session closed
+/// with 1000; it must then exit 0.
+fn end_of_input(client: &mut Proc) -> Vec<String> {
+    client.close_stdin();
+    let mut texts = Vec::new();
+    loop {
+        let event = client.next_event();
+        match event["event"].as_str() {
+            Some("message") => texts.push(event["data"].as_str().unwrap().to_owned()),
+            Some("closed") if event["code"] == 1000 => break,
+            Some("session_lost") | Some("fatal") => panic!("unexpected {event}"),
+            _ => {}
+        }
+    }
+    assert_eq!(client.wait_exit(), 0);
+    texts
+}
+
 #[test]
 fn resume_delivers_every_line_once_across_a_dropped_connection() {
     let (_server, port) = serve(&["--resume"]);
@@ -1036,19 +1054,11 @@ fn resume_delivers_every_line_once_across_a_dropped_connection() {
     client.write("two\nthree\n");
     let open = client.wait_event("open");
     assert_eq!(open["resumed"], true, "{open}");
-    client.close_stdin();
-    let mut texts = Vec::new();
-    loop {
-        let event = client.next_event();
-        match event["event"].as_str() {
-            Some("message") => texts.push(event["data"].as_str().unwrap().to_owned()),
-            Some("closed") if event["code"] == 1000 => break,
-            Some("session_lost") | Some("fatal") => panic!("unexpected {event}"),
-            _ => {}
-        }
-    }
-    assert_eq!(texts, ["two", "three"], "each echo exactly once, in order");
-    assert_eq!(client.wait_exit(), 0);
+    assert_eq!(
+        end_of_input(&mut client),
+        ["two", "three"],
+        "each echo exactly once, in order"
+    );
 }
 
 #[test]
@@ -1125,19 +1135,11 @@ fn two_serve_processes_share_sessions_through_redis() {
         open["resumed"], true,
         "resumed on the other process: {open}"
     );
-    client.close_stdin();
-    let mut texts = Vec::new();
-    loop {
-        let event = client.next_event();
-        match event["event"].as_str() {
-            Some("message") => texts.push(event["data"].as_str().unwrap().to_owned()),
-            Some("closed") if event["code"] == 1000 => break,
-            Some("session_lost") | Some("fatal") => panic!("unexpected {event}"),
-            _ => {}
-        }
-    }
-    assert_eq!(texts, ["two", "three"], "each echo exactly once, in order");
-    assert_eq!(client.wait_exit(), 0);
+    assert_eq!(
+        end_of_input(&mut client),
+        ["two", "three"],
+        "each echo exactly once, in order"
+    );
     let resumed = second.wait_event("session");
     assert_eq!(resumed["state"], "resumed", "{resumed}");
 }

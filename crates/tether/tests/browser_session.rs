@@ -6,20 +6,15 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::browser::{assets, require_chromium, run_driver, serve_files};
+use support::browser::{require_chromium, run_driver, serve_js_page};
 use support::chaos_proxy::{ChaosProxy, Fault};
 use tether::session::{SessionServer, SessionServerConfig};
 use tether::{Server, ServerConfig};
 use tokio::sync::mpsc::unbounded_channel;
 
 const BROWSER_LIMIT: Duration = Duration::from_secs(120);
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_javascript_client_resumes_in_chromium_with_nothing_lost_or_repeated() {
@@ -55,18 +50,7 @@ async fn the_javascript_client_resumes_in_chromium_with_nothing_lost_or_repeated
             cutter.fault(Fault::Rst);
         }
     });
-    let page = std::fs::read(assets().join("session.html")).expect("session.html");
-    let module =
-        std::fs::read(root().join("clients/js/tether-resume.mjs")).expect("tether-resume.mjs");
-    let page_port = serve_files(vec![
-        ("/", "text/html; charset=utf-8", page),
-        (
-            "/tether-resume.mjs",
-            "text/javascript; charset=utf-8",
-            module,
-        ),
-    ])
-    .await;
+    let page_port = serve_js_page("session.html", "/").await;
     let out = run_driver(
         "run.mjs",
         &[

@@ -19,44 +19,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng as _;
-use support::chaos_proxy::{ChaosProxy, Fault, HandshakeCut};
+use support::chaos_proxy::{Chaos, ChaosProxy, Fault};
+use support::numbered::{message, number};
 use support::redis::Redis;
 use tether::reconnect::Backoff;
 use tether::redis::{RedisStore, RedisTopic, TopicConfig};
 use tether::session::{EndReason, SessionEvent, SessionHandle, SessionServer, SessionServerConfig};
-use tether::{ClientBuilder, Config, Message, Policy, Server, ServerConfig};
+use tether::{ClientBuilder, Config, Policy, Server, ServerConfig};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 /// Bounds every wait, so that a bug fails the test instead of hanging it.
 const GUARD: Duration = Duration::from_secs(120);
-
-/// Message `n` of a side: text for odd numbers, binary for even ones.
-fn message(side: char, n: u64) -> Message {
-    let text = format!("{side}{n}");
-    if n % 2 == 1 {
-        Message::text(text)
-    } else {
-        Message::binary(text.into_bytes())
-    }
-}
-
-/// The number of a message from `side`, checking its kind.
-fn number(side: char, msg: &Message) -> u64 {
-    let text = std::str::from_utf8(msg.as_bytes()).unwrap();
-    let n: u64 = text
-        .strip_prefix(side)
-        .unwrap_or_else(|| panic!("message {text:?} is not from {side}"))
-        .parse()
-        .unwrap();
-    assert_eq!(
-        msg.is_text(),
-        n % 2 == 1,
-        "message {n} arrived as the wrong kind"
-    );
-    n
-}
 
 /// What the handlers of every node report to the test.
 #[derive(Debug)]
@@ -105,6 +79,8 @@ enum Role {
     Numbers(Plan),
     /// Relays the topic to the session (`relay_handler`).
     Relay(String),
+    /// Echoes what waits together (`recv_batch`, `send_batch`).
+    BatchEcho,
 }
 
 impl Node {
@@ -132,7 +108,7 @@ impl Node {
         // few: a fast one, so that blackholes are noticed quickly.
         let node_config = match &role {
             Role::Relay(_) => Config::default(),
-            Role::Numbers(_) => keepalive(),
+            Role::Numbers(_) | Role::BatchEcho => keepalive(),
         };
         // (Made on a thread of its own: a runtime cannot be started from within the test's.)
         let (addr, shutdown, runtime) = std::thread::spawn(move || {
@@ -151,7 +127,7 @@ impl Node {
                         };
                         Some(RedisTopic::open_with(&url, name, config).unwrap())
                     }
-                    Role::Numbers(_) => None,
+                    Role::Numbers(_) | Role::BatchEcho => None,
                 };
                 let sessions = SessionServer::with_store(
                     SessionServerConfig::default(),
@@ -166,6 +142,13 @@ impl Node {
                                 }
                                 (Role::Numbers(plan), _) => {
                                     handler(index, session, plan, report).await
+                                }
+                                (Role::BatchEcho, _) => {
+                                    while let Some(Ok(batch)) = session.recv_batch(64).await {
+                                        if session.send_batch(batch, None).await.is_err() {
+                                            break;
+                                        }
+                                    }
                                 }
                                 _ => unreachable!(),
                             }
@@ -464,9 +447,32 @@ impl Handlers {
         );
     }
 
+    /// Client messages taken by all handlers together.
+    fn taken(&self) -> u64 {
+        self.by_id.values().map(|h| h.taken.len() as u64).sum()
+    }
+
     fn restored(&self) -> usize {
         self.by_id.values().filter(|h| h.restored).count()
     }
+}
+
+/// The end of an exchange of `count` numbers each way: the client's sends finish, the
+/// handlers report that they took them all, the client closes; the handlers must together
+/// have taken exactly 1..=count, and no session may have been lost.
+async fn settle(
+    c: &Client,
+    rx: &mut mpsc::UnboundedReceiver<Report>,
+    sending: tokio::task::JoinHandle<()>,
+    count: u64,
+) -> Handlers {
+    timeout(GUARD, sending).await.unwrap().unwrap();
+    let mut handlers = Handlers::default();
+    handlers.absorb_until(rx, |h| h.taken() == count).await;
+    timeout(GUARD, c.session.close()).await.unwrap().unwrap();
+    handlers.assert_took_exactly(count);
+    assert_eq!(c.lost.load(Ordering::Relaxed), 0, "no session lost");
+    handlers
 }
 
 fn prefix() -> String {
@@ -564,34 +570,7 @@ async fn sessions_survive_random_cuts_across_three_nodes() {
     let proxy = ChaosProxy::balance(nodes.iter().map(|n| n.addr).collect()).await;
     let c = client(proxy.addr());
 
-    let chaos_proxy = proxy.clone();
-    let cuts = Arc::new(AtomicU64::new(0));
-    let chaos_cuts = Arc::clone(&cuts);
-    let chaos = tokio::spawn(async move {
-        loop {
-            let (wait, pick, from_client, bytes) = {
-                let mut rng = rand::rng();
-                (
-                    rng.random_range(50..=500),
-                    rng.random_range(0..5),
-                    rng.random_bool(0.5),
-                    rng.random_range(1..200),
-                )
-            };
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            match pick {
-                0 => chaos_proxy.fault(Fault::Rst),
-                1 => chaos_proxy.fault(Fault::Fin),
-                2 => chaos_proxy.fault(Fault::MidFrame),
-                3 => chaos_proxy.fault(Fault::Blackhole),
-                _ => {
-                    chaos_proxy.cut_next_handshake(HandshakeCut { from_client, bytes });
-                    chaos_proxy.fault(Fault::Rst);
-                }
-            }
-            chaos_cuts.fetch_add(1, Ordering::Relaxed);
-        }
-    });
+    let (chaos, cuts) = proxy.break_at_random(Chaos::Everything);
     let sending = send_numbers(&c.session, MESSAGES, 10, Duration::from_millis(10));
     timeout(GUARD, take_numbers(&c.session, MESSAGES))
         .await
@@ -599,9 +578,7 @@ async fn sessions_survive_random_cuts_across_three_nodes() {
     timeout(GUARD, sending).await.unwrap().unwrap();
     let mut handlers = Handlers::default();
     handlers
-        .absorb_until(&mut rx, |h| {
-            h.by_id.values().map(|h| h.taken.len() as u64).sum::<u64>() == MESSAGES
-        })
+        .absorb_until(&mut rx, |h| h.taken() == MESSAGES)
         .await;
     chaos.abort();
     timeout(GUARD, c.session.close()).await.unwrap().unwrap();
@@ -742,15 +719,7 @@ async fn a_redis_restart_loses_nothing() {
     })
     .await
     .expect("the client did not receive everything in time");
-    timeout(GUARD, sending).await.unwrap().unwrap();
-    let mut handlers = Handlers::default();
-    handlers
-        .absorb_until(&mut rx, |h| {
-            h.by_id.values().map(|h| h.taken.len() as u64).sum::<u64>() == MESSAGES
-        })
-        .await;
-    timeout(GUARD, c.session.close()).await.unwrap().unwrap();
-    handlers.assert_took_exactly(MESSAGES);
+    let handlers = settle(&c, &mut rx, sending, MESSAGES).await;
     assert_eq!(handlers.restored(), 1, "resumed once on B: {handlers:?}");
     assert_eq!(c.lost.load(Ordering::Relaxed), 0);
 }
@@ -821,6 +790,28 @@ async fn a_node_starts_without_redis_and_sessions_begin_once_it_is_up() {
     timeout(GUARD, session.close()).await.unwrap().unwrap();
 }
 
+/// Publishes p1..=count to the topic `name`, one every `every`.
+fn publish_numbers(
+    redis: &Redis,
+    prefix: &str,
+    name: &str,
+    count: u64,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let config = TopicConfig {
+        prefix: prefix.to_owned(),
+        ..TopicConfig::default()
+    };
+    let publisher = RedisTopic::open_with(&redis.url(), name, config).unwrap();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        for n in 1..=count {
+            ticker.tick().await;
+            publisher.publish(&message('p', n)).await.unwrap();
+        }
+    })
+}
+
 /// Takes p1..=count from a topic relay, asserting each is the next one.
 async fn take_published(session: &SessionHandle, count: u64) {
     let mut expected = 1;
@@ -867,30 +858,8 @@ async fn a_topic_reaches_every_session_on_every_node_once_through_cuts() {
         "spread over both nodes: {on_each:?}"
     );
 
-    let chaos_proxy = proxy.clone();
-    let chaos = tokio::spawn(async move {
-        loop {
-            let wait = rand::rng().random_range(50..=500);
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            chaos_proxy.fault(Fault::Rst);
-        }
-    });
-    let publisher = RedisTopic::open_with(
-        &redis.url(),
-        "news",
-        TopicConfig {
-            prefix: prefix.clone(),
-            ..TopicConfig::default()
-        },
-    )
-    .unwrap();
-    let publishing = tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(Duration::from_millis(3));
-        for n in 1..=MESSAGES {
-            ticker.tick().await;
-            publisher.publish(&message('p', n)).await.unwrap();
-        }
-    });
+    let (chaos, _) = proxy.break_at_random(Chaos::Resets);
+    let publishing = publish_numbers(&redis, &prefix, "news", MESSAGES, Duration::from_millis(3));
     let takers: Vec<_> = clients
         .iter()
         .map(|c| take_published(&c.session, MESSAGES))
@@ -947,22 +916,13 @@ async fn a_rolling_restart_loses_no_broadcast_message() {
         .absorb_until(&mut rx, |h| h.by_id.len() == CLIENTS)
         .await;
 
-    let publisher = RedisTopic::open_with(
-        &redis.url(),
+    let publishing = publish_numbers(
+        &redis,
+        &prefix,
         "ticker",
-        TopicConfig {
-            prefix: prefix.clone(),
-            ..TopicConfig::default()
-        },
-    )
-    .unwrap();
-    let publishing = tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(Duration::from_millis(10));
-        for n in 1..=MESSAGES {
-            ticker.tick().await;
-            publisher.publish(&message('p', n)).await.unwrap();
-        }
-    });
+        MESSAGES,
+        Duration::from_millis(10),
+    );
     let takers: Vec<_> = clients
         .iter()
         .map(|c| take_published(&c.session, MESSAGES))
@@ -1011,7 +971,7 @@ async fn a_rolling_restart_loses_no_broadcast_message() {
 /// playwright-core, like the other browser tests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_javascript_client_in_chromium_survives_cuts_across_three_nodes() {
-    use support::browser::{assets, require_chromium, run_driver, serve_files};
+    use support::browser::{require_chromium, run_driver, serve_js_page};
     const MESSAGES: u64 = 10_000;
     require_chromium();
     let redis = Redis::start();
@@ -1026,34 +986,8 @@ async fn the_javascript_client_in_chromium_survives_cuts_across_three_nodes() {
         .map(|i| Node::start(i, &redis.url(), &prefix, plan, tx.clone()))
         .collect();
     let proxy = ChaosProxy::balance(nodes.iter().map(|n| n.addr).collect()).await;
-    let chaos_proxy = proxy.clone();
-    let chaos = tokio::spawn(async move {
-        loop {
-            let (wait, pick) = {
-                let mut rng = rand::rng();
-                (rng.random_range(50..=500), rng.random_range(0..3))
-            };
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            chaos_proxy.fault(match pick {
-                0 => Fault::Rst,
-                1 => Fault::Fin,
-                _ => Fault::MidFrame,
-            });
-        }
-    });
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let page = std::fs::read(assets().join("numbers.html")).expect("numbers.html");
-    let module =
-        std::fs::read(root.join("clients/js/tether-resume.mjs")).expect("tether-resume.mjs");
-    let page_port = serve_files(vec![
-        ("/?n=10000", "text/html; charset=utf-8", page),
-        (
-            "/tether-resume.mjs",
-            "text/javascript; charset=utf-8",
-            module,
-        ),
-    ])
-    .await;
+    let (chaos, _) = proxy.break_at_random(Chaos::Cuts);
+    let page_port = serve_js_page("numbers.html", "/?n=10000").await;
     let out = run_driver(
         "run.mjs",
         &[
@@ -1072,9 +1006,7 @@ async fn the_javascript_client_in_chromium_survives_cuts_across_three_nodes() {
     assert_eq!(result["lost"], serde_json::Value::Null, "{result}");
     let mut handlers = Handlers::default();
     handlers
-        .absorb_until(&mut rx, |h| {
-            h.by_id.values().map(|h| h.taken.len() as u64).sum::<u64>() == MESSAGES
-        })
+        .absorb_until(&mut rx, |h| h.taken() == MESSAGES)
         .await;
     handlers.assert_took_exactly(MESSAGES);
     let moves = handlers.restored();
@@ -1126,15 +1058,7 @@ async fn a_stalled_redis_delays_a_session_but_loses_nothing() {
     })
     .await
     .expect("the client did not receive everything in time");
-    timeout(GUARD, sending).await.unwrap().unwrap();
-    let mut handlers = Handlers::default();
-    handlers
-        .absorb_until(&mut rx, |h| {
-            h.by_id.values().map(|h| h.taken.len() as u64).sum::<u64>() == MESSAGES
-        })
-        .await;
-    timeout(GUARD, c.session.close()).await.unwrap().unwrap();
-    handlers.assert_took_exactly(MESSAGES);
+    let handlers = settle(&c, &mut rx, sending, MESSAGES).await;
     assert!(before < MESSAGES / 2);
     assert_eq!(handlers.by_id.len(), 1, "the same handler throughout");
     assert_eq!(c.lost.load(Ordering::Relaxed), 0);
@@ -1148,42 +1072,12 @@ async fn batches_are_recorded_whole_and_survive_a_move() {
     const MESSAGES: u64 = 2_000;
     let redis = Redis::start();
     let prefix = prefix();
-    let mut addrs = Vec::new();
-    let mut runtimes = Vec::new();
-    for _ in 0..2 {
-        let (url, prefix) = (redis.url(), prefix.clone());
-        let (addr, rt) = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            let addr = rt.block_on(async move {
-                let store = Arc::new(RedisStore::open_with_prefix(&url, &prefix).unwrap());
-                let sessions = SessionServer::with_store(
-                    SessionServerConfig::default(),
-                    store,
-                    |session| async move {
-                        while let Some(Ok(batch)) = session.recv_batch(64).await {
-                            if session.send_batch(batch, None).await.is_err() {
-                                break;
-                            }
-                        }
-                    },
-                );
-                let config = sessions.server_config(ServerConfig::default().config(keepalive()));
-                let server = Server::bind("127.0.0.1:0", config).await.unwrap();
-                let addr = server.local_addr().unwrap();
-                tokio::spawn(server.serve(move |ws, _| sessions.serve(ws)));
-                addr
-            });
-            (addr, rt)
-        })
-        .join()
-        .unwrap();
-        addrs.push(addr);
-        runtimes.push(rt);
-    }
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| Node::start_at(i, &redis.url(), &prefix, Role::BatchEcho, tx.clone(), any))
+        .collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
     let proxy = ChaosProxy::start(addrs[0]).await;
     let c = client(proxy.addr());
     let sender = c.session.sender();
@@ -1209,7 +1103,5 @@ async fn batches_are_recorded_whole_and_survive_a_move() {
     timeout(GUARD, c.session.close()).await.unwrap().unwrap();
     assert!(c.resumes.load(Ordering::Relaxed) >= 1);
     assert_eq!(c.lost.load(Ordering::Relaxed), 0);
-    for rt in runtimes {
-        rt.shutdown_background();
-    }
+    drop(nodes);
 }

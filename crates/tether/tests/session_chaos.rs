@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng as _;
-use support::chaos_proxy::{ChaosProxy, Fault, HandshakeCut};
+use support::chaos_proxy::{Chaos, ChaosProxy};
+use support::numbered::{message, number};
 use tether::reconnect::Backoff;
 use tether::session::{SessionEvent, SessionHandle, SessionServer, SessionServerConfig};
 use tether::{ClientBuilder, Config, Message, Policy, Server, ServerConfig};
@@ -27,32 +27,6 @@ const TICK: Duration = Duration::from_millis(8);
 const MIN_RESUMES: u64 = 30;
 /// Bounds the whole run, so that a bug fails the test instead of hanging it.
 const GUARD: Duration = Duration::from_secs(120);
-
-/// Message `n` of a side: text for odd numbers, binary for even ones.
-fn message(side: char, n: u64) -> Message {
-    let text = format!("{side}{n}");
-    if n % 2 == 1 {
-        Message::text(text)
-    } else {
-        Message::binary(text.into_bytes())
-    }
-}
-
-/// The number of a message from `side`, checking its kind.
-fn number(side: char, msg: &Message) -> u64 {
-    let text = std::str::from_utf8(msg.as_bytes()).unwrap();
-    let n: u64 = text
-        .strip_prefix(side)
-        .unwrap_or_else(|| panic!("message {text:?} is not from {side}"))
-        .parse()
-        .unwrap();
-    assert_eq!(
-        msg.is_text(),
-        n % 2 == 1,
-        "message {n} arrived as the wrong kind"
-    );
-    n
-}
 
 /// Sends 1..=MESSAGES, paced.
 async fn send_all(send: impl Fn(Message) -> tokio::task::JoinHandle<bool>, side: char) {
@@ -164,34 +138,7 @@ async fn run(compression: bool) {
         .start();
 
     // The chaos: a random fault every 50–500 ms until both sides are done.
-    let chaos_proxy = proxy.clone();
-    let cuts = Arc::new(AtomicU64::new(0));
-    let chaos_cuts = Arc::clone(&cuts);
-    let chaos = tokio::spawn(async move {
-        loop {
-            let (wait, pick, from_client, bytes) = {
-                let mut rng = rand::rng();
-                (
-                    rng.random_range(50..=500),
-                    rng.random_range(0..5),
-                    rng.random_bool(0.5),
-                    rng.random_range(1..200),
-                )
-            };
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            match pick {
-                0 => chaos_proxy.fault(Fault::Rst),
-                1 => chaos_proxy.fault(Fault::Fin),
-                2 => chaos_proxy.fault(Fault::MidFrame),
-                3 => chaos_proxy.fault(Fault::Blackhole),
-                _ => {
-                    chaos_proxy.cut_next_handshake(HandshakeCut { from_client, bytes });
-                    chaos_proxy.fault(Fault::Rst);
-                }
-            }
-            chaos_cuts.fetch_add(1, Ordering::Relaxed);
-        }
-    });
+    let (chaos, cuts) = proxy.break_at_random(Chaos::Everything);
 
     let sender = session.sender();
     let client_sending = tokio::spawn(async move {

@@ -160,25 +160,10 @@ impl RedisTopic {
 
     /// Publishes a message to every subscriber on every node; returns its position.
     pub async fn publish(&self, msg: &Message) -> Result<Position> {
-        let (kind, payload): (&str, &[u8]) = match msg {
-            Message::Text(t) => ("t", t.as_str().as_bytes()),
-            Message::Binary(b) => ("b", b),
-        };
-        let mut conn = self.inner.conn.clone();
-        let id: String = redis::cmd("XADD")
-            .arg(&self.inner.key)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.inner.config.history)
-            .arg("*")
-            .arg("k")
-            .arg(kind)
-            .arg("d")
-            .arg(payload)
-            .query_async(&mut conn)
-            .await
-            .map_err(store_error)?;
-        id.parse()
+        let mut positions = self.publish_batch(std::slice::from_ref(msg)).await?;
+        positions
+            .pop()
+            .ok_or_else(|| Error::Other("XADD answered nothing".into()))
     }
 
     /// Publishes several messages, in order, in one round trip (a pipeline of `XADD`s):

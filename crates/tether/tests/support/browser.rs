@@ -30,6 +30,24 @@ pub(crate) fn require_chromium() {
     );
 }
 
+/// Serves the test page `page` (from [`assets`]) at `path`, and the JavaScript client of the
+/// resume protocol (`clients/js/tether-resume.mjs`) at `/tether-resume.mjs`; returns the port.
+pub(crate) async fn serve_js_page(page: &str, path: &'static str) -> u16 {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let html = std::fs::read(assets().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+    let module =
+        std::fs::read(root.join("clients/js/tether-resume.mjs")).expect("tether-resume.mjs");
+    serve_files(vec![
+        (path, "text/html; charset=utf-8", html),
+        (
+            "/tether-resume.mjs",
+            "text/javascript; charset=utf-8",
+            module,
+        ),
+    ])
+    .await
+}
+
 /// Serves each `(path, content type, body)` over HTTP/1.1 on 127.0.0.1 (404 for anything
 /// else), one request per connection; returns the port.
 pub(crate) async fn serve_files(files: Vec<(&'static str, &'static str, Vec<u8>)>) -> u16 {

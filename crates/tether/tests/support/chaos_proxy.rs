@@ -226,3 +226,59 @@ async fn pump(
         }
     }
 }
+
+/// What [`ChaosProxy::break_at_random`] does to the connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Chaos {
+    /// Only resets.
+    Resets,
+    /// Resets, FINs and cuts in the middle of a frame.
+    Cuts,
+    /// All of those, blackholes (only keepalive notices), and opening handshakes cut short.
+    Everything,
+}
+
+impl ChaosProxy {
+    /// Breaks every connection carried every 50–500 ms, in the ways `chaos` names, until the
+    /// task is aborted; the counter counts the breaks.
+    pub(crate) fn break_at_random(
+        &self,
+        chaos: Chaos,
+    ) -> (tokio::task::JoinHandle<()>, Arc<AtomicU64>) {
+        use rand::Rng as _;
+        let proxy = self.clone();
+        let breaks = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&breaks);
+        let kinds = match chaos {
+            Chaos::Resets => 1,
+            Chaos::Cuts => 3,
+            Chaos::Everything => 5,
+        };
+        let task = tokio::spawn(async move {
+            loop {
+                let (wait, pick, from_client, bytes) = {
+                    let mut rng = rand::rng();
+                    (
+                        rng.random_range(50..=500),
+                        rng.random_range(0..kinds),
+                        rng.random_bool(0.5),
+                        rng.random_range(1..200),
+                    )
+                };
+                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                match pick {
+                    0 => proxy.fault(Fault::Rst),
+                    1 => proxy.fault(Fault::Fin),
+                    2 => proxy.fault(Fault::MidFrame),
+                    3 => proxy.fault(Fault::Blackhole),
+                    _ => {
+                        proxy.cut_next_handshake(HandshakeCut { from_client, bytes });
+                        proxy.fault(Fault::Rst);
+                    }
+                }
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        (task, breaks)
+    }
+}

@@ -3,4 +3,5 @@
 
 pub(crate) mod browser;
 pub(crate) mod chaos_proxy;
+pub(crate) mod numbered;
 pub(crate) mod redis;
