@@ -182,13 +182,16 @@ async fn serve(
         tether::ServerConfig::default().config(tether::Config::default().compression(compression));
     let echo = move |session: tether::session::SessionHandle| async move {
         if batch {
-            // What waits is answered together: one store request each way per batch.
-            while let Some(Ok(msgs)) = session.recv_batch(64).await {
-                if session.send_batch(msgs, None).await.is_err() {
-                    break;
+            // What waits is answered together: one store request each way per batch. (Boxed,
+            // so that the per-message echo's future, measured idle, does not carry it.)
+            return Box::pin(async move {
+                while let Some(Ok(msgs)) = session.recv_batch(64).await {
+                    if session.send_batch(msgs, None).await.is_err() {
+                        break;
+                    }
                 }
-            }
-            return;
+            })
+            .await;
         }
         while let Some(Ok(msg)) = session.recv().await {
             if session.send(msg).await.is_err() {

@@ -55,6 +55,8 @@ const HELLO: u8 = 0x02;
 const WELCOME: u8 = 0x03;
 /// The protocol version in [`HELLO`] and [`WELCOME`].
 const VERSION: u8 = 1;
+/// `Session::confirmed` when acknowledgements are not held (a count no session reaches).
+const NOT_HELD: u64 = u64::MAX;
 /// Length of a session id.
 pub const ID_LEN: usize = 16;
 
@@ -388,13 +390,14 @@ pub struct Session {
     delivered: u64,
     /// Received and waiting for the application: numbers `delivered + 1 ..`.
     inbox: VecDeque<(Kind, Bytes)>,
-    /// A few bytes of the application's, kept with the session (see `set_mark`).
-    mark: Option<Bytes>,
+    /// A few bytes of the application's, kept with the session (see `set_mark`); boxed, as
+    /// most sessions have none and every session pays for the field.
+    mark: Option<Box<Bytes>>,
     /// The delivered count the peer was last told.
     ack_told: u64,
     /// With [`hold_acks`](Session::hold_acks): the most deliveries the driver confirmed as
-    /// recorded, which no acknowledgement may exceed.
-    confirmed: Option<u64>,
+    /// recorded, which no acknowledgement may exceed; [`NOT_HELD`] without.
+    confirmed: u64,
     ack_deadline: Option<Instant>,
     up: bool,
     /// Messages for the connection: opcode, whether the data marker goes first, payload.
@@ -416,7 +419,7 @@ impl Session {
             inbox: VecDeque::new(),
             mark: None,
             ack_told: 0,
-            confirmed: None,
+            confirmed: NOT_HELD,
             ack_deadline: None,
             up: false,
             transmit: VecDeque::new(),
@@ -445,7 +448,7 @@ impl Session {
             delivered: self.ackable(),
             peer_delivered: self.peer_delivered,
             unacknowledged: self.unacked.iter().cloned().collect(),
-            mark: self.mark.clone(),
+            mark: self.mark.as_deref().cloned(),
         }
     }
 
@@ -453,12 +456,15 @@ impl Session {
     /// example how far the session got in a feed it relays, so that whoever resumes the
     /// session elsewhere goes on from there.
     pub fn set_mark(&mut self, mark: Bytes) {
-        self.mark = Some(mark);
+        match &mut self.mark {
+            Some(kept) => **kept = mark,
+            None => self.mark = Some(Box::new(mark)),
+        }
     }
 
     /// The application's mark, as last set (or restored).
     pub fn mark(&self) -> Option<&Bytes> {
-        self.mark.as_ref()
+        self.mark.as_deref()
     }
 
     /// A session, disconnected, in the state a [`snapshot`](Self::snapshot) recorded. Fails
@@ -481,7 +487,7 @@ impl Session {
         session.peer_delivered = snapshot.peer_delivered;
         session.unacked_bytes = snapshot.unacknowledged.iter().map(|(_, p)| p.len()).sum();
         session.unacked = snapshot.unacknowledged.into();
-        session.mark = snapshot.mark;
+        session.mark = snapshot.mark.map(Box::new);
         Ok(session)
     }
 
@@ -600,14 +606,14 @@ impl Session {
     /// forget the message. The handshake tells the peer [`delivered`](Self::delivered) as it
     /// is: record it before sending [`Control::Hello`] or [`Control::Welcome`].
     pub fn hold_acks(&mut self) {
-        self.confirmed = Some(self.delivered);
+        self.confirmed = self.delivered;
     }
 
     /// The first `delivered` deliveries are recorded: they may be acknowledged (within the
     /// usual count and timer). Without [`hold_acks`](Self::hold_acks), does nothing.
     pub fn confirm_delivered(&mut self, delivered: u64, now: Instant) {
-        if let Some(confirmed) = &mut self.confirmed {
-            *confirmed = (*confirmed).max(delivered.min(self.delivered));
+        if self.confirmed != NOT_HELD {
+            self.confirmed = self.confirmed.max(delivered.min(self.delivered));
             self.schedule_ack(now);
         }
     }
@@ -615,8 +621,11 @@ impl Session {
     /// Deliveries that may be acknowledged: all of them, or with
     /// [`hold_acks`](Self::hold_acks) the confirmed ones.
     pub fn ackable(&self) -> u64 {
-        self.confirmed
-            .map_or(self.delivered, |c| c.min(self.delivered))
+        if self.confirmed == NOT_HELD {
+            self.delivered
+        } else {
+            self.confirmed.min(self.delivered)
+        }
     }
 
     /// True when [`poll_message`](Self::poll_message) has a message.

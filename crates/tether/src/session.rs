@@ -423,9 +423,16 @@ fn message_parts(msg: &Message) -> (Kind, tether_proto::Bytes) {
     }
 }
 
-async fn send_on(shared: &Shared, msg: Message, mark: Option<tether_proto::Bytes>) -> Result<()> {
+/// (`mark` is boxed: it is rare, and a handler's future holds this one's size for its life.)
+async fn send_on(
+    shared: &Shared,
+    msg: Message,
+    mark: Option<Box<tether_proto::Bytes>>,
+) -> Result<()> {
     if let Some(durable) = &shared.durable {
-        return send_durable(shared, durable, msg, mark).await;
+        // Boxed: the shared store's path is larger, and an idle session's future (a handler
+        // waiting in `send` or `recv`) should not carry its size.
+        return Box::pin(send_durable(shared, durable, msg, mark.map(|m| *m))).await;
     }
     let (kind, payload) = message_parts(&msg);
     let mut msg = Some(msg);
@@ -470,7 +477,7 @@ fn try_send(
     kind: Kind,
     payload: &tether_proto::Bytes,
     msg: &mut Option<Message>,
-    mark: &Option<tether_proto::Bytes>,
+    mark: &Option<Box<tether_proto::Bytes>>,
 ) -> SendStep {
     if st.ended.is_some() || st.closing.is_some() {
         return SendStep::Closed;
@@ -486,7 +493,7 @@ fn try_send(
     let away = !st.session.is_up();
     let sent = st.session.send(kind, payload.clone());
     if let (Ok(_), Some(mark)) = (&sent, mark) {
-        st.session.set_mark(mark.clone());
+        st.session.set_mark((**mark).clone());
     }
     match sent {
         Ok(_) if !away => {
@@ -745,7 +752,7 @@ impl SessionSender {
         msg: impl Into<Message>,
         mark: impl Into<tether_proto::Bytes>,
     ) -> Result<()> {
-        send_on(&self.shared, msg.into(), Some(mark.into())).await
+        send_on(&self.shared, msg.into(), Some(Box::new(mark.into()))).await
     }
 }
 
@@ -852,7 +859,7 @@ impl SessionHandle {
         msg: impl Into<Message>,
         mark: impl Into<tether_proto::Bytes>,
     ) -> Result<()> {
-        send_on(&self.shared, msg.into(), Some(mark.into())).await
+        send_on(&self.shared, msg.into(), Some(Box::new(mark.into()))).await
     }
 
     /// Sends several messages, in order, as [`send`](Self::send) would one after the other
@@ -871,7 +878,7 @@ impl SessionHandle {
         let last = msgs.len().saturating_sub(1);
         for (i, msg) in msgs.into_iter().enumerate() {
             let mark = if i == last { mark.clone() } else { None };
-            send_on(shared, msg, mark).await?;
+            send_on(shared, msg, mark.map(Box::new)).await?;
         }
         Ok(())
     }
@@ -908,7 +915,8 @@ impl SessionHandle {
     pub async fn recv(&self) -> Option<Result<Message>> {
         let shared = &*self.shared;
         if let Some(durable) = &shared.durable {
-            return recv_durable(shared, durable, 1)
+            // Boxed, as in `send_on`.
+            return Box::pin(recv_durable(shared, durable, 1))
                 .await
                 .map(|r| r.map(|mut msgs| msgs.remove(0)));
         }
