@@ -22,9 +22,10 @@ use std::time::Duration;
 use support::chaos_proxy::{Chaos, ChaosProxy, Fault};
 use support::numbered::{message, number};
 use support::redis::Redis;
+use support::session_client::Client;
 use tether::reconnect::Backoff;
 use tether::redis::{RedisStore, RedisTopic, TopicConfig};
-use tether::session::{EndReason, SessionEvent, SessionHandle, SessionServer, SessionServerConfig};
+use tether::session::{EndReason, SessionHandle, SessionServer, SessionServerConfig};
 use tether::{ClientBuilder, Config, Policy, Server, ServerConfig};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -263,53 +264,12 @@ fn keepalive() -> Config {
         .ping_timeout(Some(Duration::from_millis(200)))
 }
 
-/// A client session through `addr`, counting resumes and losses.
-struct Client {
-    session: SessionHandle,
-    resumes: Arc<AtomicU64>,
-    lost: Arc<AtomicU64>,
-}
-
 fn client(addr: SocketAddr) -> Client {
-    client_with(addr, keepalive(), Duration::from_secs(1))
+    Client::start(addr, keepalive(), Duration::from_secs(1))
 }
 
-/// A client session with this connection configuration and resume handshake timeout.
 fn client_with(addr: SocketAddr, config: Config, handshake_timeout: Duration) -> Client {
-    let resumes = Arc::new(AtomicU64::new(0));
-    let lost = Arc::new(AtomicU64::new(0));
-    let (r, l) = (Arc::clone(&resumes), Arc::clone(&lost));
-    let policy = Policy::default()
-        .backoff(Backoff {
-            initial: Duration::from_millis(20),
-            min: Duration::from_millis(20),
-            factor: 1.5,
-            max: Duration::from_millis(200),
-            ..Backoff::default()
-        })
-        .min_uptime(Duration::ZERO);
-    let session = ClientBuilder::new(format!("ws://{addr}/"))
-        .config(config)
-        .open_timeout(Duration::from_secs(2))
-        .reconnecting()
-        .policy(policy)
-        .session()
-        .handshake_timeout(handshake_timeout)
-        .on_event(move |e| match e {
-            SessionEvent::Resumed { .. } => {
-                r.fetch_add(1, Ordering::Relaxed);
-            }
-            SessionEvent::Lost(_) => {
-                l.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
-        })
-        .start();
-    Client {
-        session,
-        resumes,
-        lost,
-    }
+    Client::start(addr, config, handshake_timeout)
 }
 
 /// Sends c1..=count, `batch` per `tick`.

@@ -7,15 +7,14 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use support::chaos_proxy::{Chaos, ChaosProxy};
 use support::numbered::{message, number};
-use tether::reconnect::Backoff;
-use tether::session::{SessionEvent, SessionHandle, SessionServer, SessionServerConfig};
-use tether::{ClientBuilder, Config, Message, Policy, Server, ServerConfig};
+use support::session_client::Client;
+use tether::session::{SessionHandle, SessionServer, SessionServerConfig};
+use tether::{Config, Message, Server, ServerConfig};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -107,35 +106,8 @@ async fn run(compression: bool) {
     let proxy = ChaosProxy::start(server_addr).await;
 
     // The client.
-    let resumes = Arc::new(AtomicU64::new(0));
-    let lost = Arc::new(AtomicU64::new(0));
-    let (r, l) = (Arc::clone(&resumes), Arc::clone(&lost));
-    let policy = Policy::default()
-        .backoff(Backoff {
-            initial: Duration::from_millis(20),
-            min: Duration::from_millis(20),
-            factor: 1.5,
-            max: Duration::from_millis(200),
-            ..Backoff::default()
-        })
-        .min_uptime(Duration::ZERO);
-    let session = ClientBuilder::new(format!("ws://{}/", proxy.addr()))
-        .config(keepalive(compression))
-        .open_timeout(Duration::from_secs(2))
-        .reconnecting()
-        .policy(policy)
-        .session()
-        .handshake_timeout(Duration::from_secs(1))
-        .on_event(move |e| match e {
-            SessionEvent::Resumed { .. } => {
-                r.fetch_add(1, Ordering::Relaxed);
-            }
-            SessionEvent::Lost(_) => {
-                l.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
-        })
-        .start();
+    let client = Client::start(proxy.addr(), keepalive(compression), Duration::from_secs(1));
+    let (session, resumes, lost) = (&client.session, &client.resumes, &client.lost);
 
     // The chaos: a random fault every 50–500 ms until both sides are done.
     let (chaos, cuts) = proxy.break_at_random(Chaos::Everything);
@@ -151,7 +123,7 @@ async fn run(compression: bool) {
         )
         .await;
     });
-    let client_taken = timeout(GUARD, take_all(&session, 's'))
+    let client_taken = timeout(GUARD, take_all(session, 's'))
         .await
         .expect("the client did not receive everything in time");
     timeout(GUARD, client_sending).await.unwrap().unwrap();

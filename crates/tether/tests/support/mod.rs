@@ -5,3 +5,4 @@ pub(crate) mod browser;
 pub(crate) mod chaos_proxy;
 pub(crate) mod numbered;
 pub(crate) mod redis;
+pub(crate) mod session_client;
