@@ -1050,8 +1050,9 @@ fn scaling_section(md: &mut String, results: &Results) {
             "tether's session client against tether's resumable echo server, with the sessions \
              kept in the server's memory and in Redis (`RedisStore`: the messages sent and the \
              deliveries are recorded with one Lua script per batch, answered before the \
-             messages go on). The handler answers what waits together (`recv_batch` and \
-             `send_batch`, up to 64), with either store. Redis (`redis-server`, no \
+             messages go on). The handler answers what waits together (`recv_requests` and \
+             `reply`, up to 64: one script records a batch of replies and the deliveries \
+             of their requests), with either store. Redis (`redis-server`, no \
              persistence) runs on the load generator's core.\n"
         );
         let _ = writeln!(

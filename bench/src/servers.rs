@@ -121,7 +121,7 @@ impl Impl {
 /// level; `--redis` keeps tether-sessions' sessions in that Redis (`RedisStore`), or relays
 /// tether's broadcast through a topic there (`RedisTopic`), shared with every server started
 /// with the same URL; `--batch` makes tether-sessions answer what waits together
-/// (`recv_batch`, `send_batch`).
+/// (`recv_requests`, `reply`).
 pub(crate) fn main(args: &Args) -> io::Result<()> {
     args.only(&[
         "impl",
@@ -182,11 +182,12 @@ async fn serve(
         tether::ServerConfig::default().config(tether::Config::default().compression(compression));
     let echo = move |session: tether::session::SessionHandle| async move {
         if batch {
-            // What waits is answered together: one store request each way per batch. (Boxed,
-            // so that the per-message echo's future, measured idle, does not carry it.)
+            // What waits is answered together: one store request per batch, for the replies
+            // and the deliveries of their requests. (Boxed, so that the per-message echo's
+            // future, measured idle, does not carry it.)
             return Box::pin(async move {
-                while let Some(Ok(msgs)) = session.recv_batch(64).await {
-                    if session.send_batch(msgs, None).await.is_err() {
+                while let Some(Ok(msgs)) = session.recv_requests(64).await {
+                    if session.reply(msgs).await.is_err() {
                         break;
                     }
                 }

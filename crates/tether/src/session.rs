@@ -273,7 +273,7 @@ struct Durable {
     send_turn: tokio::sync::Mutex<()>,
     /// One `recv` at a time records its delivery; a message whose recording a cancelled
     /// `recv` left unfinished waits here for the next one.
-    recv_turn: tokio::sync::Mutex<Option<(u64, Vec<Message>)>>,
+    recv_turn: tokio::sync::Mutex<RecvTurn>,
 }
 
 impl Shared {
@@ -520,7 +520,7 @@ async fn send_durable(
     msg: Message,
     mark: Option<tether_proto::Bytes>,
 ) -> Result<()> {
-    send_durable_batch(shared, durable, vec![msg], mark).await
+    send_durable_batch(shared, durable, vec![msg], mark, false).await
 }
 
 /// Most messages recorded in one store request (a script's arguments are bounded).
@@ -548,14 +548,31 @@ fn room_for(st: &State, batch: &[(Kind, tether_proto::Bytes)]) -> usize {
 /// Sends of a server session in a shared store: the messages are recorded there (as many
 /// as the buffer takes at a time, in one request) before they are queued for the client,
 /// so that whichever server resumes the session has them. The mark goes with the last.
+/// `answering` (replies): every message the application took so far is recorded delivered
+/// in the same request (in the first, when the buffer splits the replies).
 async fn send_durable_batch(
     shared: &Shared,
     durable: &Durable,
     msgs: Vec<Message>,
     mark: Option<tether_proto::Bytes>,
+    answering: bool,
 ) -> Result<()> {
     let mut rest: VecDeque<(Kind, tether_proto::Bytes)> = msgs.iter().map(message_parts).collect();
     let _turn = durable.send_turn.lock().await;
+    if answering && rest.is_empty() {
+        // No reply: the deliveries alone.
+        let (id, progress) = {
+            let st = shared.lock();
+            if st.ended.is_some() {
+                return Err(Error::ConnectionClosed);
+            }
+            (st.session.id(), taken_progress(&st))
+        };
+        record(shared, durable, id, Change::Progress(progress)).await?;
+        confirm(shared, &mut shared.lock(), progress.delivered);
+        return Ok(());
+    }
+    let mut commit = answering;
     while !rest.is_empty() {
         let (id, first_seq, progress, take) = loop {
             let notified = shared.to_send.notified();
@@ -569,7 +586,12 @@ async fn send_durable_batch(
                 let take = room_for(&st, rest.make_contiguous());
                 if take > 0 {
                     let id = st.session.id();
-                    break (id, st.session.sent() + 1, progress_of(&st), take);
+                    let progress = if commit {
+                        taken_progress(&st)
+                    } else {
+                        progress_of(&st)
+                    };
+                    break (id, st.session.sent() + 1, progress, take);
                 }
                 if !st.session.is_up() && shared.overflow == Overflow::End {
                     shared.end(&mut st, EndReason::Overflow, None);
@@ -600,11 +622,33 @@ async fn send_durable_batch(
         if let Some(mark) = chunk_mark {
             st.session.set_mark(mark);
         }
+        if commit {
+            confirm(shared, &mut st, progress.delivered);
+            commit = false;
+        }
         if st.session.is_up() {
             shared.to_link.notify_waiters();
         }
     }
     Ok(())
+}
+
+/// The counts to record with replies: every delivery the application took, recorded or not.
+fn taken_progress(st: &State) -> Progress {
+    Progress {
+        delivered: st.session.delivered(),
+        acknowledged: st.session.peer_delivered(),
+    }
+}
+
+/// The store recorded the first `delivered` deliveries: they may be acknowledged.
+fn confirm(shared: &Shared, st: &mut State, delivered: u64) {
+    let timer_before = st.session.poll_timeout();
+    st.session.confirm_delivered(delivered, now());
+    if st.session.has_transmit() || (timer_before.is_none() && st.session.poll_timeout().is_some())
+    {
+        shared.to_link.notify_waiters();
+    }
 }
 
 /// The counts a shared store keeps for a session: confirmed deliveries, and the peer's.
@@ -668,31 +712,8 @@ async fn recv_durable(
 ) -> Option<Result<Vec<Message>>> {
     let mut turn = durable.recv_turn.lock().await;
     if turn.is_none() {
-        loop {
-            let notified = shared.to_recv.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut st = shared.lock();
-                if let Some(e) = st.errors.pop_front() {
-                    return Some(Err(e));
-                }
-                let mut taken = Vec::new();
-                while taken.len() < max.max(1) {
-                    let Some((kind, payload)) = st.session.poll_message(now()) else {
-                        break;
-                    };
-                    taken.push(to_message(kind, payload));
-                }
-                if !taken.is_empty() {
-                    *turn = Some((st.session.delivered(), taken));
-                    break;
-                }
-                if st.ended.is_some() {
-                    return None;
-                }
-            }
-            notified.await;
+        if let Err(ready) = take_waiting(shared, &mut turn, max).await {
+            return ready;
         }
     }
     let n = turn.as_ref().map_or(0, |(n, _)| *n);
@@ -711,14 +732,47 @@ async fn recv_durable(
         let mut st = shared.lock();
         return st.errors.pop_front().map(Err);
     }
-    let mut st = shared.lock();
-    let timer_before = st.session.poll_timeout();
-    st.session.confirm_delivered(n, now());
-    if st.session.has_transmit() || (timer_before.is_none() && st.session.poll_timeout().is_some())
-    {
-        shared.to_link.notify_waiters();
-    }
+    confirm(shared, &mut shared.lock(), n);
     turn.take().map(|(_, msgs)| Ok(msgs))
+}
+
+/// Messages taken from a durable session and not yet recorded delivered: the count of
+/// deliveries through the last of them, and the messages.
+type RecvTurn = Option<(u64, Vec<Message>)>;
+
+/// Waits for messages and takes those waiting, up to `max` (at least one), into `turn`;
+/// `Err` with what to return instead (an error, or `None` once the session ended).
+async fn take_waiting(
+    shared: &Shared,
+    turn: &mut RecvTurn,
+    max: usize,
+) -> std::result::Result<(), Option<Result<Vec<Message>>>> {
+    loop {
+        let notified = shared.to_recv.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut st = shared.lock();
+            if let Some(e) = st.errors.pop_front() {
+                return Err(Some(Err(e)));
+            }
+            let mut taken = Vec::new();
+            while taken.len() < max.max(1) {
+                let Some((kind, payload)) = st.session.poll_message(now()) else {
+                    break;
+                };
+                taken.push(to_message(kind, payload));
+            }
+            if !taken.is_empty() {
+                *turn = Some((st.session.delivered(), taken));
+                return Ok(());
+            }
+            if st.ended.is_some() {
+                return Err(None);
+            }
+        }
+        notified.await;
+    }
 }
 
 /// `recv_batch` of a session outside a shared store: waits for one message, then takes what
@@ -873,7 +927,7 @@ impl SessionHandle {
     ) -> Result<()> {
         let shared = &*self.shared;
         if let Some(durable) = &shared.durable {
-            return send_durable_batch(shared, durable, msgs, mark).await;
+            return send_durable_batch(shared, durable, msgs, mark, false).await;
         }
         let last = msgs.len().saturating_sub(1);
         for (i, msg) in msgs.into_iter().enumerate() {
@@ -893,6 +947,51 @@ impl SessionHandle {
             return recv_durable(shared, durable, max).await;
         }
         recv_batch_on(self, max.max(1)).await
+    }
+
+    /// Takes requests: every message already waiting, up to `max` (at least one), as
+    /// [`recv_batch`](Self::recv_batch) does, except that with a shared store their
+    /// deliveries are recorded only with the answer, [`reply`](Self::reply). If the session
+    /// moves to another server (or this one dies) before the answer was recorded, the
+    /// answer is not sent from here, and the requests are delivered again to the handler
+    /// there: every request is answered exactly once. (Effects of the first handling other
+    /// than the answer may happen twice: make them idempotent, or keyed by
+    /// `(session.id(), request number)`.) Without a shared store, the same as `recv_batch`.
+    ///
+    /// Until `reply` (or [`recv`](Self::recv) / `recv_batch`, which record every delivery
+    /// taken before theirs), the requests are not acknowledged to the client: reply to each
+    /// batch, with no messages if there is nothing to answer.
+    ///
+    /// **Cancel safety:** cancel-safe.
+    pub async fn recv_requests(&self, max: usize) -> Option<Result<Vec<Message>>> {
+        let shared = &*self.shared;
+        let Some(durable) = &shared.durable else {
+            return recv_batch_on(self, max.max(1)).await;
+        };
+        let mut turn = durable.recv_turn.lock().await;
+        if turn.is_none() {
+            if let Err(ready) = take_waiting(shared, &mut turn, max).await {
+                return ready;
+            }
+        }
+        turn.take().map(|(_, msgs)| Ok(msgs))
+    }
+
+    /// Answers the requests taken with [`recv_requests`](Self::recv_requests): sends
+    /// `replies` as [`send_batch`](Self::send_batch) does, and with a shared store records
+    /// them and the deliveries of every message taken so far in the same request (atomically),
+    /// so that a request is either answered and done, or neither. `replies` may be empty.
+    /// Fails once the session ended (moved, here, to another server: the requests are then
+    /// answered there).
+    pub async fn reply(&self, replies: Vec<Message>) -> Result<()> {
+        let shared = &*self.shared;
+        if let Some(durable) = &shared.durable {
+            return send_durable_batch(shared, durable, replies, None, true).await;
+        }
+        if shared.lock().ended.is_some() {
+            return Err(Error::ConnectionClosed);
+        }
+        self.send_batch(replies, None).await
     }
 
     /// Sets the session's mark without sending (for example a feed's position when the

@@ -80,8 +80,10 @@ enum Role {
     Numbers(Plan),
     /// Relays the topic to the session (`relay_handler`).
     Relay(String),
-    /// Echoes what waits together (`recv_batch`, `send_batch`).
+    /// Answers what waits together (`recv_requests`, `reply`).
     BatchEcho,
+    /// Takes requests and answers none (`reply` with no messages), reporting them.
+    Consume,
 }
 
 impl Node {
@@ -109,7 +111,7 @@ impl Node {
         // few: a fast one, so that blackholes are noticed quickly.
         let node_config = match &role {
             Role::Relay(_) => Config::default(),
-            Role::Numbers(_) | Role::BatchEcho => keepalive(),
+            Role::Numbers(_) | Role::BatchEcho | Role::Consume => keepalive(),
         };
         // (Made on a thread of its own: a runtime cannot be started from within the test's.)
         let (addr, shutdown, runtime) = std::thread::spawn(move || {
@@ -128,7 +130,7 @@ impl Node {
                         };
                         Some(RedisTopic::open_with(&url, name, config).unwrap())
                     }
-                    Role::Numbers(_) | Role::BatchEcho => None,
+                    Role::Numbers(_) | Role::BatchEcho | Role::Consume => None,
                 };
                 let sessions = SessionServer::with_store(
                     SessionServerConfig::default(),
@@ -145,8 +147,22 @@ impl Node {
                                     handler(index, session, plan, report).await
                                 }
                                 (Role::BatchEcho, _) => {
-                                    while let Some(Ok(batch)) = session.recv_batch(64).await {
-                                        if session.send_batch(batch, None).await.is_err() {
+                                    while let Some(Ok(batch)) = session.recv_requests(64).await {
+                                        // Working on the answer: a break comes mid-work.
+                                        tokio::time::sleep(Duration::from_millis(5)).await;
+                                        if session.reply(batch).await.is_err() {
+                                            break;
+                                        }
+                                    }
+                                }
+                                (Role::Consume, _) => {
+                                    let id = HANDLERS.fetch_add(1, Ordering::Relaxed);
+                                    while let Some(Ok(batch)) = session.recv_requests(64).await {
+                                        for msg in &batch {
+                                            let n = number('c', msg);
+                                            let _ = report.send(Report::Took { handler: id, n });
+                                        }
+                                        if session.reply(Vec::new()).await.is_err() {
                                             break;
                                         }
                                     }
@@ -1024,38 +1040,101 @@ async fn a_stalled_redis_delays_a_session_but_loses_nothing() {
     assert_eq!(c.lost.load(Ordering::Relaxed), 0);
 }
 
-/// A handler that answers batches (`recv_batch`, `send_batch`: one Redis request for each)
-/// echoes 2,000 messages, with 16 in flight, across a move to another node: every echo
-/// arrives exactly once, in order.
+/// A handler that answers requests in batches (`recv_requests`, `reply`: one Redis request
+/// records a batch of replies and the deliveries of their requests) echoes 2,000 messages
+/// while the session moves to another node: every
+/// echo arrives exactly once, in order, also for the requests the first node had taken and
+/// not answered yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_are_recorded_whole_and_survive_a_move() {
+async fn requests_are_answered_exactly_once_across_a_move() {
+    echo_across(Break::Move).await;
+}
+
+/// The same when the first node dies mid-run: what it had taken and not answered is
+/// answered by the node the session moves to, and nothing it answered is answered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_answered_exactly_once_when_a_node_dies() {
+    echo_across(Break::Kill).await;
+}
+
+/// Requests answered with no messages (`reply` with none) are recorded delivered all the
+/// same: the client's graceful close, which waits for every acknowledgement, completes, and
+/// the handler took each request once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_answered_with_nothing_are_acknowledged() {
+    const MESSAGES: u64 = 500;
+    let redis = Redis::start();
+    let prefix = prefix();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let node = Node::start_at(0, &redis.url(), &prefix, Role::Consume, tx, any);
+    let c = client(node.addr);
+    timeout(
+        GUARD,
+        send_numbers(&c.session, MESSAGES, 50, Duration::from_millis(1)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    timeout(GUARD, c.session.close())
+        .await
+        .expect("every request acknowledged")
+        .unwrap();
+    assert_eq!(c.session.unacknowledged(), (0, 0));
+    let mut taken = Vec::new();
+    while let Ok(report) = rx.try_recv() {
+        if let Report::Took { n, .. } = report {
+            taken.push(n);
+        }
+    }
+    assert_eq!(taken, (1..=MESSAGES).collect::<Vec<_>>());
+}
+
+/// How the echo run loses its first node.
+enum Break {
+    /// The connection is reset and the client resumes on the other node.
+    Move,
+    /// The node is killed.
+    Kill,
+}
+
+async fn echo_across(how: Break) {
     const MESSAGES: u64 = 2_000;
     let redis = Redis::start();
     let prefix = prefix();
     let (tx, _rx) = mpsc::unbounded_channel();
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let nodes: Vec<Node> = (0..2)
+    let mut nodes: Vec<Node> = (0..2)
         .map(|i| Node::start_at(i, &redis.url(), &prefix, Role::BatchEcho, tx.clone(), any))
         .collect();
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
     let proxy = ChaosProxy::start(addrs[0]).await;
     let c = client(proxy.addr());
     let sender = c.session.sender();
+    // Ten every 2 ms: the run lasts long enough for the break to come mid-run, and batches
+    // wait for the handler.
     let sending = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(2));
         for n in 1..=MESSAGES {
+            if n % 10 == 1 {
+                ticker.tick().await;
+            }
             sender.send(message('s', n)).await.unwrap();
         }
     });
     let session = &c.session;
-    let moving = async {
+    let breaking = async {
         while session.delivered() < MESSAGES / 2 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         proxy.retarget(addrs[1]);
-        proxy.fault(Fault::Rst);
+        match how {
+            Break::Move => proxy.fault(Fault::Rst),
+            Break::Kill => nodes[0].kill(),
+        }
     };
     timeout(GUARD, async {
-        tokio::join!(take_numbers(session, MESSAGES), moving)
+        tokio::join!(take_numbers(session, MESSAGES), breaking)
     })
     .await
     .expect("every echo in time");
