@@ -25,6 +25,7 @@ const VERSION = 1;
 
 /** Close codes after which reconnecting cannot help: the peer rejected what we send. */
 const FATAL_CLOSE_CODES = new Set([1002, 1003, 1007, 1008, 1009, 1010]);
+const TRY_AGAIN_LATER = 1013;
 /** The server closes a connection whose session another connection took over with this. */
 export const SUPERSEDED = 4000;
 
@@ -102,6 +103,10 @@ function hex(id) {
  * - `maxBufferedMessages` (4096), `maxBufferedBytes` (1 MiB): the replay buffer;
  * - `ackEvery` (32), `ackDelayMs` (100): acknowledgement coalescing;
  * - `backoff`: `{initialMs: 1000, maxMs: 30000, factor: 2}`, full jitter;
+ * - `reconnectDelayMs` (1000): after a resumed or new session's connection ends, wait a
+ *   random time in [0, reconnectDelayMs] before reconnecting, so that the clients of a
+ *   restarting server do not all return at once (0: at once); a close with 1013 (try again
+ *   later) takes the backoff's next wait instead;
  * - `maxAttempts`: give up after this many failed attempts in a row (default: never). A
  *   browser fails the handshake itself against a server that does not select the
  *   subprotocol (Chromium: "Sent non-empty 'Sec-WebSocket-Protocol' header but no response
@@ -122,6 +127,7 @@ export class ResumableSession {
     this.ackDelayMs = options.ackDelayMs ?? 100;
     this.backoff = { initialMs: 1000, maxMs: 30000, factor: 2, ...(options.backoff ?? {}) };
     this.random = options.random ?? Math.random;
+    this.reconnectDelayMs = options.reconnectDelayMs ?? 1000;
     this.maxAttempts = options.maxAttempts ?? Infinity;
 
     this.id = null; // Uint8Array(16) once the server named the session
@@ -287,16 +293,19 @@ export class ResumableSession {
         this.end(`closed with ${event.code}`);
         return;
       }
-      // Transient: back off with full jitter; a connection that got as far as WELCOME
-      // restarts the schedule.
-      if (welcomed) this.attempt = 0;
+      // Transient. A connection that got as far as WELCOME restarts the schedule and waits
+      // a random spread; 1013 (try again later) and anything that failed earlier back off
+      // with full jitter.
+      const tryLater = event.code === TRY_AGAIN_LATER;
+      if (welcomed && !tryLater) this.attempt = 0;
       if (this.attempt >= this.maxAttempts) {
         this.end(`gave up after ${this.attempt} failed attempts`);
         return;
       }
       const step = Math.max(0, this.attempt - 1);
       const cap = Math.min(this.backoff.maxMs, this.backoff.initialMs * this.backoff.factor ** step);
-      const delay = opened && welcomed ? 0 : this.random() * cap;
+      const spread = opened && welcomed && !tryLater;
+      const delay = this.random() * (spread ? this.reconnectDelayMs : cap);
       this.emit({ type: "retry", delay });
       setTimeout(() => this.connect(), delay);
     };

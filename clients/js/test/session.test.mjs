@@ -79,7 +79,8 @@ function waitFor(predicate, what) {
   });
 }
 
-const quick = { backoff: { initialMs: 20, maxMs: 100 } };
+// Reconnects at once after a cut (no spread), so that every cut finds a connection to cut.
+const quick = { backoff: { initialMs: 20, maxMs: 100 }, reconnectDelayMs: 0 };
 
 test("the wire format matches the protocol document", () => {
   const id = new Uint8Array(16).fill(7);
@@ -148,6 +149,38 @@ test("nothing is lost or repeated across cut connections, in either direction", 
     const resumes = opens.filter((o) => o.resumed).length;
     assert.ok(resumes >= 5, `resumed ${resumes} times`);
     assert.equal(opens[0].resumed, false);
+  } finally {
+    relay.close();
+    child.kill();
+  }
+});
+
+test("after a cut, the reconnect waits a random spread within reconnectDelayMs", async () => {
+  const { port, child } = await serve(["--resume"]);
+  const relay = await proxy(port);
+  try {
+    const events = [];
+    const got = [];
+    const session = new ResumableSession(`ws://127.0.0.1:${relay.port}/`, {
+      ...quick,
+      reconnectDelayMs: 300,
+      random: () => 0.5,
+      onmessage: (d) => got.push(d),
+      onevent: (e) => events.push({ ...e, at: Date.now() }),
+    });
+    await session.send("before");
+    await waitFor(() => got.length === 1, "the first echo");
+    relay.cut();
+    await session.send("after");
+    await waitFor(() => got.length === 2, "the echo after the cut");
+    const retry = events.find((e) => e.type === "retry");
+    assert.ok(retry, JSON.stringify(events));
+    assert.equal(retry.delay, 150, "half of reconnectDelayMs with random() = 0.5");
+    const reopened = events.filter((e) => e.type === "open")[1];
+    assert.ok(reopened.resumed);
+    assert.ok(reopened.at - retry.at >= 140, `reconnected after ${reopened.at - retry.at} ms`);
+    await session.close();
+    assert.deepEqual(got, ["before", "after"]);
   } finally {
     relay.close();
     child.kill();

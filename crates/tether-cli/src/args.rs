@@ -68,8 +68,10 @@ Events (--json), one JSON object per line on standard output:
   {\"event\":\"fatal\",\"attempt\":1,\"error\":{\"kind\":\"status\",\"status\":401,\"message\":\"...\"}}
   {\"event\":\"warning\",\"message\":\"...\"}
   closed.code is null when the server's Close frame had no status code, 1006 when there was no
-  closing handshake; an `error` object is added when an error ended the connection. A connection that closed before --min-uptime is reported as a `retry`
-  with attempt 0, the wait in `delay`, its `uptime`, and error.kind \"closed\".";
+  closing handshake; an `error` object is added when an error ended the connection. The wait
+  after an open connection ended (--reconnect-delay's random spread, the backoff after a close
+  with 1013 or before --min-uptime) is reported as a `retry` with attempt 0, the wait in
+  `delay`, the connection's `uptime`, the peer's close `code`, and error.kind \"closed\".";
 
 /// Flags of `tether connect`. Times are in seconds and may be fractional.
 #[derive(Debug, Args)]
@@ -135,6 +137,12 @@ pub(crate) struct ConnectArgs {
     /// … capped at S.
     #[arg(long, value_name = "S", default_value = "90", value_parser = parse_secs)]
     pub(crate) backoff_max: Duration,
+
+    /// After an open connection ends, wait a random time in [0, S] before connecting again,
+    /// so that clients dropped together do not return together; 0 reconnects at once. A
+    /// close with 1013 (try again later) takes the backoff's next wait instead.
+    #[arg(long, value_name = "S", default_value = "1", value_parser = parse_secs)]
+    pub(crate) reconnect_delay: Duration,
 
     /// A connection must stay open this long before backoff restarts from the beginning; 0
     /// restarts after every successful handshake. [default: the library's, 5 s]

@@ -177,6 +177,7 @@ fn policy(args: &ConnectArgs) -> Policy {
     };
     let mut policy = Policy::default()
         .backoff(backoff)
+        .reconnect_delay(args.reconnect_delay)
         .max_attempts(args.max_attempts);
     if let Some(uptime) = args.min_uptime {
         policy = policy.min_uptime(uptime);

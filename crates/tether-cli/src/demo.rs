@@ -107,6 +107,17 @@ impl Timeline {
                     MIN_UPTIME.as_secs_f64()
                 ));
             }
+            ReconnectEvent::Closed { delay, code, .. } => {
+                self.line(&format!(
+                    "reconnecting in {:.2} s: the connection ended ({})",
+                    delay.as_secs_f64(),
+                    code.map_or("no close code".to_owned(), |c| format!("close {c}")),
+                ));
+                self.note(
+                    "a random wait up to the reconnect delay (1 s by default), so that the \
+                     clients of a restarting server do not all come back in the same moment",
+                );
+            }
             ReconnectEvent::Fatal { attempt, error } => {
                 self.line(&format!(
                     "fatal (attempt {attempt}): {}",

@@ -173,6 +173,11 @@ impl Output {
                 error,
             } => self.retry(*attempt, *delay, error),
             ReconnectEvent::ShortLived { uptime, delay } => self.short_lived(*uptime, *delay),
+            ReconnectEvent::Closed {
+                uptime,
+                code,
+                delay,
+            } => self.after_close(*uptime, *code, *delay),
             ReconnectEvent::Fatal { attempt, error } => self.fatal(*attempt, error),
             _ => {}
         }
@@ -295,6 +300,28 @@ impl Output {
         }));
         self.status(&format!(
             "retrying in {:.1} s because {message}",
+            delay.as_secs_f64()
+        ));
+    }
+
+    /// The last connection ended; the next attempt waits `delay` (the spread, or the backoff
+    /// after 1013). Reported as a `retry` with attempt 0, as [`short_lived`](Self::short_lived).
+    pub(crate) fn after_close(&self, uptime: Duration, code: Option<u16>, delay: Duration) {
+        let message = match code {
+            Some(1013) => "the server asked to try again later (1013)".to_owned(),
+            Some(code) => format!("the connection closed ({code}); spreading the reconnect"),
+            None => "the connection ended; spreading the reconnect".to_owned(),
+        };
+        self.event(json!({
+            "event": "retry",
+            "attempt": 0,
+            "delay": seconds(delay),
+            "uptime": seconds(uptime),
+            "code": code,
+            "error": {"kind": "closed", "message": message},
+        }));
+        self.status(&format!(
+            "reconnecting in {:.1} s: {message}",
             delay.as_secs_f64()
         ));
     }

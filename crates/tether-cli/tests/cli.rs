@@ -468,6 +468,7 @@ fn help_and_version_are_status_0() {
         "--backoff-factor",
         "--backoff-max",
         "--min-uptime",
+        "--reconnect-delay",
         "--max-attempts",
         "--echo",
         "--max-size",
@@ -550,6 +551,73 @@ fn retry_after_503_then_open_drop_and_reopen() {
 
     client.write("second\n");
     assert_eq!(client.expect_event("message")["data"], "second");
+    client.close_stdin();
+    assert_eq!(client.expect_event("closed")["code"], 1000);
+    assert_eq!(client.wait_exit(), 0);
+}
+
+/// Accepts three connections: closes the first with 1012 (a restart), the second with 1013
+/// (try again later), and echoes on the third until closed.
+fn restarting_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    in_thread(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        let config = ServerConfig::default();
+        for code in [1012, 1013] {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let (mut ws, _) = tether::accept(tcp, &config)
+                .await
+                .expect("upgrade")
+                .expect("upgraded");
+            let _ = ws.close(code, "").await;
+        }
+        let (tcp, _) = listener.accept().await.expect("accept 3");
+        let (mut ws, _) = tether::accept(tcp, &config)
+            .await
+            .expect("upgrade 3")
+            .expect("upgraded 3");
+        while let Some(Ok(msg)) = ws.recv().await {
+            let _ = ws.send(msg).await;
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_restart_is_spread_by_reconnect_delay_and_1013_backs_off() {
+    let addr = restarting_server();
+    let url = format!("ws://{addr}/");
+    let more = ["--min-uptime", "0", "--reconnect-delay", "0.3"];
+    let mut client = spawn_owned(&quick(&url, &more));
+    client.expect_event("connecting");
+    client.expect_event("open");
+    assert_eq!(client.expect_event("closed")["code"], 1012);
+    // The wait after a drop: a random spread within --reconnect-delay, as a retry with
+    // attempt 0 and kind "closed".
+    let spread = client.expect_event("retry");
+    assert_eq!(spread["attempt"], 0, "{spread}");
+    assert_eq!(spread["error"]["kind"], "closed", "{spread}");
+    assert_eq!(spread["code"], 1012, "{spread}");
+    let delay = spread["delay"].as_f64().expect("delay");
+    assert!((0.0..=0.3).contains(&delay), "{spread}");
+    assert_eq!(client.expect_event("connecting")["attempt"], 1);
+    client.expect_event("open");
+    assert_eq!(client.expect_event("closed")["code"], 1013);
+    // 1013 is a failure: the backoff's first wait (random in [0, --backoff-initial 0.1]).
+    let later = client.expect_event("retry");
+    assert_eq!(
+        (later["attempt"].clone(), later["code"].clone()),
+        (0.into(), 1013.into())
+    );
+    assert_eq!(later["error"]["kind"], "closed", "{later}");
+    let delay = later["delay"].as_f64().expect("delay");
+    assert!((0.0..=0.1).contains(&delay), "{later}");
+    client.expect_event("connecting");
+    client.expect_event("open");
+    client.write("back\n");
+    assert_eq!(client.expect_event("message")["data"], "back");
     client.close_stdin();
     assert_eq!(client.expect_event("closed")["code"], 1000);
     assert_eq!(client.wait_exit(), 0);

@@ -1,6 +1,7 @@
 //! The JavaScript client of the resume protocol (`clients/js`) under Node's own test runner,
 //! against this build's `tether serve --resume`: its round trip, resumes through cut
-//! connections with nothing lost or repeated, a lost session, and a server without sessions.
+//! connections with nothing lost or repeated, the spread wait before a reconnect, a lost
+//! session, and a server without sessions.
 //! Needs `node` (>= 20; scripts/test.sh checks for it, as the browser test does).
 
 use std::path::Path;
@@ -25,6 +26,6 @@ fn javascript_client_passes_its_node_tests_against_tether_serve() {
         out.status
     );
     // Every test ran and passed: none skipped, none missing.
-    assert!(stdout.contains("# pass 5"), "{stdout}");
+    assert!(stdout.contains("# pass 6"), "{stdout}");
     assert!(stdout.contains("# fail 0"), "{stdout}");
 }

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::client::ClientBuilder;
 use crate::error::{Error, ErrorKind, Result};
-use crate::websocket::WebSocket;
+use crate::websocket::{CloseSignal, WebSocket};
 
 // ----- backoff -----
 
@@ -144,6 +144,35 @@ pub fn default_decision(error: &Error) -> Decision {
     }
 }
 
+/// The wait after an open connection ended, from [`Policy::after_close`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AfterClose {
+    /// A random wait in [0, [`reconnect_delay`](Policy::reconnect_delay)], so that clients
+    /// dropped together do not come back together. The backoff starts over.
+    Spread(Duration),
+    /// The server closed with 1013 (try again later): a failure, with the backoff's next
+    /// wait.
+    TryAgainLater(Duration),
+    /// The connection closed before the minimum uptime: a failure, with the backoff's next
+    /// wait.
+    ShortLived(Duration),
+}
+
+impl AfterClose {
+    /// The wait before the next attempt.
+    pub fn delay(self) -> Duration {
+        match self {
+            Self::Spread(d) | Self::TryAgainLater(d) | Self::ShortLived(d) => d,
+        }
+    }
+
+    /// True when it counts as a failure for the backoff schedule.
+    pub fn is_failure(self) -> bool {
+        !matches!(self, Self::Spread(_))
+    }
+}
+
 /// The result of [`Policy::on_failure`].
 #[derive(Debug)]
 #[non_exhaustive]
@@ -165,6 +194,7 @@ type Hook = dyn Fn(&Error, &AttemptContext) -> Decision + Send + Sync;
 #[derive(Clone)]
 pub struct Policy {
     backoff: Backoff,
+    reconnect_delay: Duration,
     min_uptime: Duration,
     max_attempts: Option<u32>,
     retry_after: bool,
@@ -178,6 +208,7 @@ impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Policy")
             .field("backoff", &self.backoff)
+            .field("reconnect_delay", &self.reconnect_delay)
             .field("min_uptime", &self.min_uptime)
             .field("max_attempts", &self.max_attempts)
             .field("retry_after", &self.retry_after)
@@ -193,6 +224,7 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             backoff: Backoff::default(),
+            reconnect_delay: Duration::from_secs(1),
             min_uptime: Duration::from_secs(5),
             max_attempts: None,
             retry_after: true,
@@ -216,6 +248,17 @@ impl Policy {
     /// The backoff schedule. Default: [`Backoff::default`].
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// After an open connection ends (other than by the caller), wait a random time in
+    /// [0, `delay`] before the next attempt, so that the clients of a server that closes all
+    /// its connections at once (a restart, a drain with 1012) do not all return in the same
+    /// moment. Zero reconnects at once (Python websockets' behaviour). A close with 1013
+    /// (try again later), or one before the [minimum uptime](Self::min_uptime), takes the
+    /// backoff's next wait instead. Default: 1 s.
+    pub fn reconnect_delay(mut self, delay: Duration) -> Self {
+        self.reconnect_delay = delay;
         self
     }
 
@@ -336,6 +379,25 @@ impl Policy {
     pub fn short_uptime_delay(&self, step: u32, random: f64) -> Duration {
         self.backoff.delay(step, random)
     }
+
+    /// What happens after an open connection ended, `uptime` after it opened, with the
+    /// peer's close `code` (if its Close frame arrived). `step` is the backoff step, `random`
+    /// uniform in [0, 1).
+    pub fn after_close(
+        &self,
+        uptime: Duration,
+        code: Option<u16>,
+        step: u32,
+        random: f64,
+    ) -> AfterClose {
+        if code == Some(tether_proto::close_code::TRY_AGAIN_LATER) {
+            AfterClose::TryAgainLater(self.backoff.delay(step, random))
+        } else if uptime < self.min_uptime {
+            AfterClose::ShortLived(self.backoff.delay(step, random))
+        } else {
+            AfterClose::Spread(self.reconnect_delay.mul_f64(random.clamp(0.0, 1.0)))
+        }
+    }
 }
 
 fn retry_after_of(error: &Error, wall_now: SystemTime) -> Option<Duration> {
@@ -440,6 +502,17 @@ pub enum ReconnectEvent<'a> {
     ShortLived {
         /// How long the connection was open.
         uptime: Duration,
+        /// The wait before the next attempt.
+        delay: Duration,
+    },
+    /// The previous connection ended after `uptime`, and the next attempt waits `delay`:
+    /// the random spread of [`Policy::reconnect_delay`], or the backoff's next wait when the
+    /// server closed with 1013. Not sent when there is no wait.
+    Closed {
+        /// How long the connection was open.
+        uptime: Duration,
+        /// The peer's close code, when its Close frame arrived.
+        code: Option<u16>,
         /// The wait before the next attempt.
         delay: Duration,
     },
@@ -559,6 +632,7 @@ impl Reconnect {
             failing_since: None,
             previous_delay: None,
             opened_at: None,
+            watch: None,
             finished: false,
         };
         let stream = futures_util::stream::unfold(state, |mut state| async move {
@@ -621,6 +695,8 @@ struct LoopState {
     failing_since: Option<Instant>,
     previous_delay: Option<Duration>,
     opened_at: Option<Instant>,
+    /// The open connection's link: its peer's close code once it was dropped.
+    watch: Option<Arc<CloseSignal>>,
     finished: bool,
 }
 
@@ -646,6 +722,16 @@ impl LoopState {
                 delay_s = delay.as_secs_f64(),
                 "connection closed before the minimum uptime; backing off"
             ),
+            ReconnectEvent::Closed {
+                uptime,
+                code,
+                delay,
+            } => tracing::info!(
+                uptime_s = uptime.as_secs_f64(),
+                code,
+                delay_s = delay.as_secs_f64(),
+                "connection ended; reconnecting after a wait"
+            ),
             ReconnectEvent::Fatal { attempt, error } => {
                 tracing::error!(attempt, error = %error, "giving up: fatal connection error")
             }
@@ -661,13 +747,27 @@ impl LoopState {
         }
         if let Some(opened) = self.opened_at.take() {
             let uptime = opened.elapsed();
-            if uptime >= self.settings.policy.min_uptime {
-                self.step = 0;
-            } else {
-                let policy = &self.settings.policy;
-                let delay = policy.short_uptime_delay(self.step, rand::random());
+            let code = self.watch.take().and_then(|w| w.peer_code());
+            let policy = &self.settings.policy;
+            let after = policy.after_close(uptime, code, self.step, rand::random());
+            let delay = after.delay();
+            if after.is_failure() {
                 self.step = self.step.saturating_add(1);
-                self.emit(&ReconnectEvent::ShortLived { uptime, delay });
+            } else {
+                self.step = 0;
+            }
+            match after {
+                AfterClose::ShortLived(_) => {
+                    self.emit(&ReconnectEvent::ShortLived { uptime, delay });
+                }
+                _ if delay.is_zero() && !after.is_failure() => {}
+                _ => self.emit(&ReconnectEvent::Closed {
+                    uptime,
+                    code,
+                    delay,
+                }),
+            }
+            if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
         }
@@ -694,12 +794,15 @@ impl LoopState {
                 Err(e) => Err(e),
             };
             let error = match result {
-                Ok(ws) => {
+                Ok(mut ws) => {
                     self.emit(&ReconnectEvent::Open {
                         attempt,
                         subprotocol: ws.subprotocol(),
                     });
                     self.opened_at = Some(Instant::now());
+                    let watch = Arc::new(CloseSignal::default());
+                    ws.set_close_signal(Arc::clone(&watch));
+                    self.watch = Some(watch);
                     self.failing_since = None;
                     self.previous_delay = None;
                     self.request.previous_status = None;
@@ -756,6 +859,45 @@ mod tests {
 
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn after_close_spreads_a_long_connection_and_backs_off_on_1013_or_short_ones() {
+        let p = Policy::default();
+        let long = secs(60.0);
+        // The spread: uniform in [0, 1 s] by default, the backoff restarts.
+        assert_eq!(
+            p.after_close(long, Some(1012), 3, 0.0),
+            AfterClose::Spread(secs(0.0))
+        );
+        assert_eq!(
+            p.after_close(long, Some(1012), 3, 0.25),
+            AfterClose::Spread(secs(0.25))
+        );
+        assert_eq!(
+            p.after_close(long, None, 0, 0.999),
+            AfterClose::Spread(secs(0.999))
+        );
+        assert!(!p.after_close(long, Some(1001), 0, 0.5).is_failure());
+        // Configurable; zero reconnects at once.
+        let wide = Policy::default().reconnect_delay(secs(10.0));
+        assert_eq!(
+            wide.after_close(long, Some(1012), 0, 0.5).delay(),
+            secs(5.0)
+        );
+        let none = Policy::default().reconnect_delay(Duration::ZERO);
+        assert_eq!(
+            none.after_close(long, Some(1012), 0, 0.7).delay(),
+            Duration::ZERO
+        );
+        // 1013 is a failure at the backoff's step, however long the connection lasted.
+        let later = p.after_close(long, Some(1013), 1, 0.5);
+        assert_eq!(later, AfterClose::TryAgainLater(secs(3.1)));
+        assert!(later.is_failure());
+        assert_eq!(p.after_close(long, Some(1013), 0, 0.5).delay(), secs(2.5));
+        // Shorter than the minimum uptime: a failure too.
+        let short = p.after_close(secs(1.0), Some(1012), 1, 0.5);
+        assert_eq!(short, AfterClose::ShortLived(secs(3.1)));
     }
 
     fn status(code: u16, headers: &[(&str, &str)]) -> Error {

@@ -168,11 +168,16 @@ fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// A request to close a connection from outside it (a server's graceful shutdown).
+/// A connection's link to the outside: a request to close it (a server's graceful
+/// shutdown) goes in, and the peer's close code comes out once the connection is dropped (a
+/// reconnect loop reads it: 1013 asks to try again later).
 #[derive(Debug, Default)]
 pub(crate) struct CloseSignal {
     requested: std::sync::atomic::AtomicBool,
     waker: futures_util::task::AtomicWaker,
+    /// The code of the peer's Close frame (1005 without one), 0 until the connection was
+    /// dropped, or when no Close frame arrived.
+    peer_code: std::sync::atomic::AtomicU16,
 }
 
 impl CloseSignal {
@@ -185,6 +190,29 @@ impl CloseSignal {
 
     fn is_requested(&self) -> bool {
         self.requested.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The peer's close code, once the connection was dropped after its Close arrived.
+    pub(crate) fn peer_code(&self) -> Option<u16> {
+        match self.peer_code.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            code => Some(code),
+        }
+    }
+}
+
+impl<S> Drop for Inner<S> {
+    fn drop(&mut self) {
+        if let Some(signal) = &self.close_signal {
+            let code = match self.proto.peer_close() {
+                PeerClose::NotReceived => 0,
+                PeerClose::NoStatus => close_code::NO_STATUS,
+                PeerClose::Frame(frame) => frame.code,
+            };
+            signal
+                .peer_code
+                .store(code, std::sync::atomic::Ordering::Release);
+        }
     }
 }
 

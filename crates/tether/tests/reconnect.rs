@@ -153,6 +153,8 @@ enum Ev {
     Open(u32),
     Retry(u32, Duration, ErrorKind, Option<u16>),
     ShortLived(Duration),
+    /// After an open connection ended: the peer's close code and the wait.
+    Closed(Option<u16>, Duration),
     Fatal(u32, ErrorKind, Option<u16>),
 }
 
@@ -172,6 +174,7 @@ fn recorder() -> (
                 error,
             } => Ev::Retry(*attempt, *delay, error.kind(), error.status()),
             ReconnectEvent::ShortLived { delay, .. } => Ev::ShortLived(*delay),
+            ReconnectEvent::Closed { code, delay, .. } => Ev::Closed(*code, *delay),
             ReconnectEvent::Fatal { attempt, error } => {
                 Ev::Fatal(*attempt, error.kind(), error.status())
             }
@@ -430,15 +433,116 @@ async fn zero_min_uptime_reconnects_at_once_like_python() {
     let (events, cb) = recorder();
     let mut conns = ClientBuilder::new(url(addr))
         .reconnecting()
-        .policy(Policy::default().min_uptime(Duration::ZERO))
+        .policy(
+            Policy::default()
+                .min_uptime(Duration::ZERO)
+                .reconnect_delay(Duration::ZERO),
+        )
         .on_event(cb)
         .stream();
     let mut ws = conns.next().await.unwrap().unwrap();
     assert!(ws.recv().await.is_none());
     assert_eq!(ws.close_code(), 1001);
+    drop(ws);
     let _ws = conns.next().await.unwrap().unwrap();
-    assert!(retries(&events.lock().unwrap()).is_empty());
+    let events = events.lock().unwrap();
+    assert!(retries(&events).is_empty());
+    assert!(
+        !events.iter().any(|e| matches!(e, Ev::Closed(..))),
+        "{events:?}"
+    );
     assert!(gaps(&log)[0] < Duration::from_millis(50));
+}
+
+/// The SRE's storm: a server that closes every connection with 1012 (a restart) gets its
+/// clients back spread over [0, reconnect delay] instead of all at once. Each reconnect of
+/// one client waits a fresh random time within the default 1 s, reported as it is waited.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_connection_reconnects_after_a_random_spread() {
+    const ROUNDS: usize = 20;
+    let (addr, log) = scripted(vec![Act::Accept(After::Close(1012))]).await;
+    let (events, cb) = recorder();
+    let mut conns = ClientBuilder::new(url(addr))
+        .reconnecting()
+        // No minimum uptime: these connections are short, and the spread is what is shown.
+        .policy(Policy::default().min_uptime(Duration::ZERO))
+        .on_event(cb)
+        .stream();
+    for _ in 0..=ROUNDS {
+        let mut ws = conns.next().await.unwrap().unwrap();
+        while let Some(Ok(_)) = ws.recv().await {}
+        assert_eq!(ws.close_code(), 1012);
+    }
+    let events = events.lock().unwrap();
+    let waits: Vec<Duration> = events
+        .iter()
+        .filter_map(|e| match e {
+            Ev::Closed(code, d) => {
+                assert_eq!(*code, Some(1012));
+                Some(*d)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(waits.len(), ROUNDS, "{events:?}");
+    assert!(
+        waits.iter().all(|d| *d <= Duration::from_secs(1)),
+        "{waits:?}"
+    );
+    // Random, not one fixed wait (twenty equal draws would be a broken generator).
+    assert!(waits.iter().any(|d| *d != waits[0]), "{waits:?}");
+    for (wait, gap) in waits.iter().zip(gaps(&log)) {
+        assert!(
+            close_to(*wait, gap),
+            "waited {wait:?}, next attempt after {gap:?}"
+        );
+    }
+    assert!(retries(&events).is_empty(), "no failures: {events:?}");
+}
+
+/// A close with 1013 (try again later) is a failure: the waits follow the backoff
+/// (0 s, 3.1 s, 5.0 s with the first wait fixed), and a good connection afterwards is
+/// reached as usual.
+#[tokio::test(start_paused = true)]
+async fn a_close_with_1013_takes_the_backoffs_next_wait() {
+    let (addr, log) = scripted(vec![
+        Act::Accept(After::Close(1013)),
+        Act::Accept(After::Close(1013)),
+        Act::Accept(After::Close(1013)),
+        Act::Accept(After::Echo),
+    ])
+    .await;
+    let (events, cb) = recorder();
+    let mut conns = ClientBuilder::new(url(addr))
+        .reconnecting()
+        .policy(
+            Policy::default()
+                .backoff(fixed_backoff())
+                .min_uptime(Duration::ZERO),
+        )
+        .on_event(cb)
+        .stream();
+    for _ in 0..3 {
+        let mut ws = conns.next().await.unwrap().unwrap();
+        while let Some(Ok(_)) = ws.recv().await {}
+        assert_eq!(ws.close_code(), 1013);
+    }
+    let mut ws = conns.next().await.unwrap().unwrap();
+    ws.send("later").await.unwrap();
+    assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("later"));
+    let want = [0.0, 3.1, 3.1 * 1.618].map(Duration::from_secs_f64);
+    let events = events.lock().unwrap();
+    let got: Vec<Duration> = events
+        .iter()
+        .filter_map(|e| match e {
+            Ev::Closed(Some(1013), d) => Some(*d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got.len(), 3, "{events:?}");
+    for ((g, w), gap) in got.iter().zip(want).zip(gaps(&log)) {
+        assert!(close_to(*g, w) && close_to(gap, w), "{g:?} {gap:?} {w:?}");
+    }
 }
 
 #[tokio::test(start_paused = true)]

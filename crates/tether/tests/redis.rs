@@ -741,6 +741,7 @@ async fn a_node_starts_without_redis_and_sessions_begin_once_it_is_up() {
             max: Duration::from_millis(50),
             ..Backoff::default()
         })
+        .reconnect_delay(Duration::from_millis(50))
         .min_uptime(Duration::ZERO);
     let session = ClientBuilder::new(format!("ws://{}/", a.addr))
         .reconnecting()

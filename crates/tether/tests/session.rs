@@ -35,6 +35,7 @@ fn fast_policy() -> Policy {
             max: Duration::from_millis(100),
             ..Backoff::default()
         })
+        .reconnect_delay(Duration::from_millis(10))
         .min_uptime(Duration::ZERO)
 }
 
