@@ -132,6 +132,8 @@ pub struct ServerConfig {
     tls: Option<Arc<rustls::ServerConfig>>,
     process_request: Vec<Arc<ProcessRequest>>,
     head_limits: HeadLimits,
+    max_handshakes: Option<usize>,
+    busy_retry_after: Duration,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -142,6 +144,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("subprotocols", &self.subprotocols)
             .field("tls", &self.tls.is_some())
             .field("hooks", &self.process_request.len())
+            .field("max_handshakes", &self.max_handshakes)
+            .field("busy_retry_after", &self.busy_retry_after)
             .finish()
     }
 }
@@ -155,6 +159,8 @@ impl Default for ServerConfig {
             tls: None,
             process_request: Vec::new(),
             head_limits: HeadLimits::default(),
+            max_handshakes: None,
+            busy_retry_after: Duration::from_secs(10),
         }
     }
 }
@@ -170,6 +176,27 @@ impl ServerConfig {
     /// Default: 10 s.
     pub fn open_timeout(mut self, timeout: Duration) -> Self {
         self.open_timeout = timeout;
+        self
+    }
+
+    /// Admission control for [`Server::serve`]: at most this many opening handshakes (TLS
+    /// and upgrade) in progress at once. A connection arriving above the limit is answered
+    /// at once with `503 Service Unavailable` and a `Retry-After` drawn at random for each
+    /// refusal (see [`busy_retry_after`](Self::busy_retry_after)), so that a reconnect storm
+    /// is served at the rate the server sustains and the refused clients, which honour
+    /// `Retry-After`, come back spread out instead of together. Over TLS the refused
+    /// connection is closed before the TLS handshake (that handshake is the cost being
+    /// limited); clients retry it with their backoff. Default: no limit.
+    pub fn max_handshakes(mut self, limit: Option<usize>) -> Self {
+        self.max_handshakes = limit;
+        self
+    }
+
+    /// The longest `Retry-After` of a refusal by [`max_handshakes`](Self::max_handshakes):
+    /// each refusal asks for a whole number of seconds drawn uniformly from [1, this]
+    /// (at least 1). Default: 10 s.
+    pub fn busy_retry_after(mut self, max: Duration) -> Self {
+        self.busy_retry_after = max;
         self
     }
 
@@ -483,6 +510,8 @@ pub struct Server {
     listener: TcpListener,
     config: Arc<ServerConfig>,
     handle: ShutdownHandle,
+    /// Opening handshakes in progress (for `ServerConfig::max_handshakes`).
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Server {
@@ -501,6 +530,7 @@ impl Server {
                 state: Arc::new(ShutdownState::default()),
                 signals: Arc::default(),
             },
+            handshakes: Arc::default(),
         }
     }
 
@@ -541,6 +571,14 @@ impl Server {
                     continue;
                 }
             };
+            let Some(admitted) = Admitted::try_new(&self.handshakes, self.config.max_handshakes)
+            else {
+                tracing::debug!(%peer, "busy: too many handshakes in progress; refused");
+                let (plain, retry_after) =
+                    (self.config.tls.is_none(), self.config.busy_retry_after);
+                tasks.spawn(refuse_busy(tcp, plain, retry_after));
+                continue;
+            };
             let config = self.config.clone();
             let handler = handler.clone();
             let handle = self.handle.clone();
@@ -549,7 +587,9 @@ impl Server {
                 // connection task's size once the handler runs; and the handler's future is
                 // made inside a block, so that the opened connection (moved into it) leaves
                 // no slot of its own in this task for the connection's life.
-                let served = match Box::pin(open(tcp, &config, &handle)).await {
+                let opened = Box::pin(open(tcp, &config, &handle)).await;
+                drop(admitted);
+                let served = match opened {
                     Ok(Some((ws, request))) => handler(ws, request),
                     Ok(None) => return,
                     Err(e) => {
@@ -574,6 +614,53 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// A place among the handshakes in progress, given back on drop.
+struct Admitted(Option<Arc<std::sync::atomic::AtomicUsize>>);
+
+impl Admitted {
+    /// A place, or `None` when `limit` handshakes are in progress already.
+    fn try_new(count: &Arc<std::sync::atomic::AtomicUsize>, limit: Option<usize>) -> Option<Self> {
+        let Some(limit) = limit else {
+            return Some(Self(None));
+        };
+        let taken = count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        });
+        taken.ok().map(|_| Self(Some(Arc::clone(count))))
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(count) = &self.0 {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Refuses a connection above the handshake limit: on plain TCP, `503` with a random
+/// `Retry-After` in [1, `retry_after`] seconds, written at once; then what the client sends
+/// is read and dropped for up to a second, so that closing does not reset the connection
+/// before the client read the answer. Over TLS, the connection is closed at once.
+async fn refuse_busy(mut tcp: TcpStream, plain: bool, retry_after: Duration) {
+    if !plain {
+        return;
+    }
+    let most = retry_after.as_secs().max(1);
+    let wait = 1 + (rand::random::<f64>() * most as f64) as u64;
+    let answer = HttpResponse::text(503, "server busy: too many handshakes in progress\n")
+        .header("Retry-After", wait.min(most).to_string())
+        .to_bytes();
+    let drain = async {
+        tcp.write_all(&answer).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while tcp.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 /// Accepts one TCP connection: TLS if configured, then the upgrade.

@@ -416,3 +416,63 @@ async fn shutdown_without_connections_returns_from_serve() {
         .unwrap()
         .unwrap();
 }
+
+/// Admission control: with `max_handshakes(2)` and two handshakes held open by clients that
+/// never finish, every further connection is answered at once with 503 and a `Retry-After`
+/// drawn from [1, 10] s (not one value for all: the answer must not synchronise the crowd).
+/// Once the held handshakes end, clients are upgraded again.
+#[tokio::test]
+async fn handshakes_above_the_limit_get_503_with_a_spread_retry_after() {
+    let config = ServerConfig::default()
+        .max_handshakes(Some(2))
+        .busy_retry_after(Duration::from_secs(10));
+    let srv = start(config).await;
+    let url = format!("ws://{}/", srv.addr);
+    // Two handshakes in progress: half of a request each. The server accepts in order, so
+    // both are counted before any later connection is accepted.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut half = TcpStream::connect(srv.addr).await.unwrap();
+        half.write_all(b"GET / HTTP/1.1\r\nHost: example\r\n")
+            .await
+            .unwrap();
+        held.push(half);
+    }
+    let mut waits = Vec::new();
+    for _ in 0..20 {
+        let err = timeout(GUARD, tether::connect(&url))
+            .await
+            .unwrap()
+            .expect_err("refused while two handshakes are in progress");
+        assert_eq!(err.status(), Some(503), "{err}");
+        let retry_after = err
+            .response()
+            .and_then(|r| r.headers.get_str("retry-after"))
+            .expect("a Retry-After header");
+        let secs: u64 = retry_after.parse().expect("whole seconds");
+        assert!((1..=10).contains(&secs), "Retry-After: {secs}");
+        waits.push(secs);
+    }
+    assert!(
+        waits.iter().any(|&w| w != waits[0]),
+        "one Retry-After for all: {waits:?}"
+    );
+    // The held handshakes end: their places are given back, and clients get in again.
+    drop(held);
+    let deadline = Instant::now() + GUARD;
+    let mut ws = loop {
+        match tether::connect(&url).await {
+            Ok(ws) => break ws,
+            Err(e) if e.status() == Some(503) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("not admitted again: {e}"),
+        }
+    };
+    greeting(&mut ws).await;
+    echo_once(&mut ws).await;
+    srv.handle.shutdown();
+    assert!(timeout(GUARD, ws.recv()).await.unwrap().is_none());
+    assert_eq!(ws.close_code(), 1001);
+    timeout(GUARD, srv.serve).await.unwrap().unwrap().unwrap();
+}
