@@ -108,6 +108,11 @@ async fn finish(
     loop {
         tokio::select! {
             closed = &mut close => {
+                // The session ended; what arrived before the server's Close may still wait
+                // (both branches can be ready at once): print it first.
+                while let Some(Ok(msg)) = session.recv().await {
+                    out.message(&msg);
+                }
                 out.closed(Some(tether::close_code::NORMAL), "", closed.as_ref().err());
                 return if closed.is_ok() { EXIT_OK } else { EXIT_FATAL };
             }
