@@ -508,16 +508,21 @@ fn flaky_server() -> SocketAddr {
         }
         // Drop without a closing handshake.
         drop(ws);
-        let (tcp, _) = listener.accept().await.expect("accept 3");
-        let (mut ws, _) = tether::accept(tcp, &config)
-            .await
-            .expect("upgrade 3")
-            .expect("upgraded 3");
-        while let Some(Ok(msg)) = ws.recv().await {
-            let _ = ws.send(msg).await;
-        }
+        echo_next(&listener, &config).await;
     });
     addr
+}
+
+/// Accepts the next connection and echoes until the client closes.
+async fn echo_next(listener: &tokio::net::TcpListener, config: &ServerConfig) {
+    let (tcp, _) = listener.accept().await.expect("accept");
+    let (mut ws, _) = tether::accept(tcp, config)
+        .await
+        .expect("upgrade")
+        .expect("upgraded");
+    while let Some(Ok(msg)) = ws.recv().await {
+        let _ = ws.send(msg).await;
+    }
 }
 
 #[test]
@@ -573,14 +578,7 @@ fn restarting_server() -> SocketAddr {
                 .expect("upgraded");
             let _ = ws.close(code, "").await;
         }
-        let (tcp, _) = listener.accept().await.expect("accept 3");
-        let (mut ws, _) = tether::accept(tcp, &config)
-            .await
-            .expect("upgrade 3")
-            .expect("upgraded 3");
-        while let Some(Ok(msg)) = ws.recv().await {
-            let _ = ws.send(msg).await;
-        }
+        echo_next(&listener, &config).await;
     });
     addr
 }

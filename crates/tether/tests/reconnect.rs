@@ -216,6 +216,16 @@ fn close_to(a: Duration, b: Duration) -> bool {
     a.abs_diff(b) < Duration::from_millis(50)
 }
 
+/// Three waits of the fixed schedule (0 s, 3.1 s, 5.0 s), each reported and each the gap
+/// the server saw between attempts.
+fn assert_backoff_waits(got: &[Duration], log: &Log) {
+    let want = [0.0, 3.1, 3.1 * 1.618].map(Duration::from_secs_f64);
+    assert_eq!(got.len(), 3, "{got:?}");
+    for ((g, w), gap) in got.iter().zip(want).zip(gaps(log)) {
+        assert!(close_to(*g, w) && close_to(gap, w), "{g:?} {gap:?} {w:?}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn fatal_statuses_stop_after_one_attempt() {
     for code in [401u16, 403, 404, 429] {
@@ -415,12 +425,7 @@ async fn accept_then_drop_backs_off_instead_of_hot_looping() {
     let mut ws = conns.next().await.unwrap().unwrap();
     ws.send("steady").await.unwrap();
     assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("steady"));
-    let want = [0.0, 3.1, 3.1 * 1.618].map(Duration::from_secs_f64);
-    let got = retries(&events.lock().unwrap());
-    assert_eq!(got.len(), 3, "{got:?}");
-    for ((g, w), gap) in got.iter().zip(want).zip(gaps(&log)) {
-        assert!(close_to(*g, w) && close_to(gap, w), "{g:?} {gap:?} {w:?}");
-    }
+    assert_backoff_waits(&retries(&events.lock().unwrap()), &log);
 }
 
 #[tokio::test(start_paused = true)]
@@ -530,7 +535,6 @@ async fn a_close_with_1013_takes_the_backoffs_next_wait() {
     let mut ws = conns.next().await.unwrap().unwrap();
     ws.send("later").await.unwrap();
     assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("later"));
-    let want = [0.0, 3.1, 3.1 * 1.618].map(Duration::from_secs_f64);
     let events = events.lock().unwrap();
     let got: Vec<Duration> = events
         .iter()
@@ -539,10 +543,7 @@ async fn a_close_with_1013_takes_the_backoffs_next_wait() {
             _ => None,
         })
         .collect();
-    assert_eq!(got.len(), 3, "{events:?}");
-    for ((g, w), gap) in got.iter().zip(want).zip(gaps(&log)) {
-        assert!(close_to(*g, w) && close_to(gap, w), "{g:?} {gap:?} {w:?}");
-    }
+    assert_backoff_waits(&got, &log);
 }
 
 #[tokio::test(start_paused = true)]
