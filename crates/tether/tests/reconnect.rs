@@ -216,6 +216,19 @@ fn close_to(a: Duration, b: Duration) -> bool {
     a.abs_diff(b) < Duration::from_millis(50)
 }
 
+/// Takes three connections that the server ends (each with close code `code`), then a
+/// fourth that echoes.
+async fn three_ends_then_echo(conns: &mut tether::Reconnecting, code: u16) {
+    for _ in 0..3 {
+        let mut ws = conns.next().await.unwrap().unwrap();
+        while let Some(Ok(_)) = ws.recv().await {}
+        assert_eq!(ws.close_code(), code);
+    }
+    let mut ws = conns.next().await.unwrap().unwrap();
+    ws.send("steady").await.unwrap();
+    assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("steady"));
+}
+
 /// Three waits of the fixed schedule (0 s, 3.1 s, 5.0 s), each reported and each the gap
 /// the server saw between attempts.
 fn assert_backoff_waits(got: &[Duration], log: &Log) {
@@ -416,15 +429,8 @@ async fn accept_then_drop_backs_off_instead_of_hot_looping() {
         .policy(Policy::default().backoff(fixed_backoff()))
         .on_event(cb)
         .stream();
-    for _ in 0..3 {
-        let mut ws = conns.next().await.unwrap().unwrap();
-        // The server hung up: the connection ends without a closing handshake.
-        while let Some(Ok(_)) = ws.recv().await {}
-        assert_eq!(ws.close_code(), 1006);
-    }
-    let mut ws = conns.next().await.unwrap().unwrap();
-    ws.send("steady").await.unwrap();
-    assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("steady"));
+    // The server hangs up: each connection ends without a closing handshake.
+    three_ends_then_echo(&mut conns, 1006).await;
     assert_backoff_waits(&retries(&events.lock().unwrap()), &log);
 }
 
@@ -527,14 +533,7 @@ async fn a_close_with_1013_takes_the_backoffs_next_wait() {
         )
         .on_event(cb)
         .stream();
-    for _ in 0..3 {
-        let mut ws = conns.next().await.unwrap().unwrap();
-        while let Some(Ok(_)) = ws.recv().await {}
-        assert_eq!(ws.close_code(), 1013);
-    }
-    let mut ws = conns.next().await.unwrap().unwrap();
-    ws.send("later").await.unwrap();
-    assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("later"));
+    three_ends_then_echo(&mut conns, 1013).await;
     let events = events.lock().unwrap();
     let got: Vec<Duration> = events
         .iter()
