@@ -145,7 +145,10 @@ pub enum Event {
     Text(Utf8Bytes),
     /// A complete binary message, handed over without a copy.
     Binary(Bytes),
-    /// The peer sent a Ping; the Pong was already queued.
+    /// The peer sent a Ping; the Pong was already queued, or, when an earlier Pong was
+    /// still waiting to be written, is queued once that one is out, answering only the
+    /// latest Ping that came meanwhile (RFC 6455 5.5.3): a Ping flood cannot grow the
+    /// transmit queue.
     Ping(Vec<u8>),
     /// The peer sent a Pong. `rtt` is set when it answers a [`Connection::ping`].
     Pong {
@@ -266,6 +269,12 @@ pub struct Connection {
     out_pos: usize,
     /// Large payloads queued by value, each to be written after `out[..at]`.
     owned: VecDeque<OwnedPayload>,
+    /// Queued bytes still to be written before the last queued Pong is out (0: none waits).
+    pong_unwritten: usize,
+    /// The payload of the latest Ping that arrived while a Pong was still waiting: answered
+    /// once that Pong is written (RFC 6455 5.5.3 lets an endpoint answer only the latest
+    /// Ping), so that a peer that floods Pings and never reads cannot grow the queue.
+    pong_pending: Option<Box<[u8]>>,
 
     close_sent: bool,
     peer_close: PeerClose,
@@ -313,6 +322,8 @@ impl Connection {
             out: Vec::new(),
             out_pos: 0,
             owned: VecDeque::new(),
+            pong_unwritten: 0,
+            pong_pending: None,
             close_sent: false,
             peer_close: PeerClose::NotReceived,
             peer_close_at: None,
@@ -867,6 +878,9 @@ impl Connection {
     /// Reports that the first `n` bytes of what is queued were written (they may span the
     /// parts of [`transmit_vectored`](Self::transmit_vectored)).
     pub fn advance_transmit(&mut self, mut n: usize) {
+        // The waiting Pong is written out by this advance: answer the latest Ping after it.
+        let pong_out = self.pong_unwritten > 0 && n >= self.pong_unwritten;
+        self.pong_unwritten = self.pong_unwritten.saturating_sub(n);
         while n > 0 {
             let (at, left) = match self.owned.front() {
                 Some(o) => (o.at, o.data.len() - o.pos),
@@ -894,6 +908,13 @@ impl Connection {
             self.out_pos = 0;
             if self.out.capacity() > OUT_KEEP {
                 self.out = Vec::new();
+            }
+        }
+        if pong_out {
+            if let Some(payload) = self.pong_pending.take() {
+                if !self.close_sent {
+                    self.write_pong(&payload);
+                }
             }
         }
     }
@@ -1146,7 +1167,11 @@ impl Connection {
             OpCode::Ping => {
                 let payload = self.control[..len].to_vec();
                 if !self.close_sent {
-                    self.write_frame(OpCode::Pong, &payload);
+                    if self.pong_unwritten > 0 {
+                        self.pong_pending = Some(payload.as_slice().into());
+                    } else {
+                        self.write_pong(&payload);
+                    }
                 }
                 self.events.push_back(Event::Ping(payload));
             }
@@ -1314,6 +1339,13 @@ impl Connection {
         };
         self.write_frame(OpCode::Close, &payload[..n]);
         self.close_sent = true;
+    }
+
+    /// Queues a Pong answering a Ping, and remembers how much must be written before it is
+    /// out (see `pong_pending`).
+    fn write_pong(&mut self, payload: &[u8]) {
+        self.write_frame(OpCode::Pong, payload);
+        self.pong_unwritten = self.buffered_amount();
     }
 
     fn write_frame(&mut self, opcode: OpCode, payload: &[u8]) {

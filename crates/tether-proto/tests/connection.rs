@@ -973,3 +973,103 @@ fn first_error_in_the_stream_wins_however_the_input_is_cut() {
         );
     }
 }
+
+/// A ping flood from a peer that never reads (measured before the fix: two million pings
+/// grew a server by about 240 MB): while a Pong waits to be written, a new Ping replaces the
+/// one waiting to be answered instead of queueing another Pong (RFC 6455 5.5.3), so the
+/// transmit queue holds at most one Pong however many Pings arrive; the latest Ping is
+/// answered once the waiting Pong is out, and every Ping is still reported.
+#[test]
+fn ping_flood_from_a_peer_that_never_reads_keeps_one_pong_queued() {
+    let now = Instant::now();
+    let mut s = server(now);
+    let pings = 100_000u32;
+    let mut flood = Vec::new();
+    for i in 0..pings {
+        flood.extend_from_slice(&cframe(true, 9, &i.to_be_bytes()));
+    }
+    for chunk in flood.chunks(4096) {
+        s.receive(chunk, now);
+        // The driver takes the events (it does while reading) but cannot write.
+        let _ = events(&mut s);
+    }
+    // One Pong frame: two header bytes and the four-byte payload.
+    assert_eq!(s.buffered_amount(), 2 + 4);
+    // Written out, the first Pong answers the first Ping, and the latest is answered after
+    // it: two Pongs for 100,000 Pings.
+    assert_eq!(
+        decode_output(&mut s, now),
+        vec![
+            Event::Pong {
+                payload: 0u32.to_be_bytes().to_vec(),
+                rtt: None
+            },
+            Event::Pong {
+                payload: (pings - 1).to_be_bytes().to_vec(),
+                rtt: None
+            },
+        ]
+    );
+    assert_eq!(s.buffered_amount(), 0);
+    // With the queue empty again, a Ping is answered at once, as before.
+    s.receive(&cframe(true, 9, b"again"), now);
+    assert_eq!(events(&mut s), vec![Event::Ping(b"again".to_vec())]);
+    assert_eq!(
+        decode_output(&mut s, now),
+        vec![Event::Pong {
+            payload: b"again".to_vec(),
+            rtt: None
+        }]
+    );
+}
+
+/// A waiting Pong behind a large unwritten message: the Ping that arrives meanwhile is
+/// answered once the queue up to the Pong is written, not before, and data queued after the
+/// Pong keeps its order.
+#[test]
+fn a_ping_answered_late_keeps_the_order_of_what_was_queued() {
+    let now = Instant::now();
+    let mut s = server(now);
+    s.send_binary(&[7; 10_000]).unwrap();
+    s.receive(&cframe(true, 9, b"a"), now);
+    s.send_text("after a").unwrap();
+    s.receive(&cframe(true, 9, b"b"), now);
+    s.receive(&cframe(true, 9, b"c"), now);
+    let _ = events(&mut s);
+    // Part of the message is written: the Pong for "a" still waits, "c" is pending.
+    s.advance_transmit(5_000);
+    let rest = decode_output_from(&mut s, 5_000, now);
+    assert_eq!(
+        rest,
+        vec![
+            Event::Pong {
+                payload: b"a".to_vec(),
+                rtt: None
+            },
+            Event::Text("after a".into()),
+            Event::Pong {
+                payload: b"c".to_vec(),
+                rtt: None
+            },
+        ]
+    );
+}
+
+/// Decodes what `from` still has to transmit, given that the first `skip` bytes of a frame
+/// of 10,000 `7`s were written already: prepends them so a peer can parse the whole.
+fn decode_output_from(from: &mut Connection, skip: usize, now: Instant) -> Vec<Event> {
+    let mut peer = Connection::new(Role::Client, Config::default(), now);
+    let mut head = Vec::new();
+    encode_frame(&mut head, true, false, OpCode::Binary, None, &[7; 10_000]);
+    peer.receive(&head[..skip], now);
+    let mut got = Vec::new();
+    while from.buffered_amount() > 0 {
+        let part = from.transmit().to_vec();
+        from.advance_transmit(part.len());
+        peer.receive(&part, now);
+        got.extend(events(&mut peer));
+    }
+    assert!(matches!(got.first(), Some(Event::Binary(_))), "{got:?}");
+    got.remove(0);
+    got
+}
