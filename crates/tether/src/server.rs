@@ -122,6 +122,7 @@ impl<B: Into<Bytes>> From<http::Response<B>> for HttpResponse {
 }
 
 type ProcessRequest = dyn Fn(&HttpRequest<'_>) -> Option<HttpResponse> + Send + Sync;
+type OnAccept = dyn Fn(SocketAddr) -> bool + Send + Sync;
 
 /// Settings of a server, with documented defaults.
 #[derive(Clone)]
@@ -134,6 +135,7 @@ pub struct ServerConfig {
     head_limits: HeadLimits,
     max_handshakes: Option<usize>,
     busy_retry_after: Duration,
+    on_accept: Option<Arc<OnAccept>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -146,6 +148,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("hooks", &self.process_request.len())
             .field("max_handshakes", &self.max_handshakes)
             .field("busy_retry_after", &self.busy_retry_after)
+            .field("on_accept", &self.on_accept.is_some())
             .finish()
     }
 }
@@ -161,6 +164,7 @@ impl Default for ServerConfig {
             head_limits: HeadLimits::default(),
             max_handshakes: None,
             busy_retry_after: Duration::from_secs(10),
+            on_accept: None,
         }
     }
 }
@@ -197,6 +201,18 @@ impl ServerConfig {
     /// (at least 1). Default: 10 s.
     pub fn busy_retry_after(mut self, max: Duration) -> Self {
         self.busy_retry_after = max;
+        self
+    }
+
+    /// A hook that [`Server::serve`] calls for every TCP connection as it is accepted, before
+    /// a byte is read and before admission control: `false` closes the connection at once
+    /// (a deny list, a per-address limit); `true` goes on. It runs on the accept loop, so it
+    /// must be quick. Default: none (every connection goes on).
+    pub fn on_accept<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(SocketAddr) -> bool + Send + Sync + 'static,
+    {
+        self.on_accept = Some(Arc::new(hook));
         self
     }
 
@@ -571,6 +587,12 @@ impl Server {
                     continue;
                 }
             };
+            if let Some(hook) = &self.config.on_accept {
+                if !hook(peer) {
+                    tracing::debug!(%peer, "refused by the on_accept hook");
+                    continue;
+                }
+            }
             let Some(admitted) = Admitted::try_new(&self.handshakes, self.config.max_handshakes)
             else {
                 tracing::debug!(%peer, "busy: too many handshakes in progress; refused");

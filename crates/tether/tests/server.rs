@@ -4,6 +4,8 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tether::{ClientBuilder, Error, HttpResponse, Message, Server, ServerConfig, ShutdownHandle};
@@ -415,6 +417,52 @@ async fn shutdown_without_connections_returns_from_serve() {
         .expect("serve did not return after shutdown")
         .unwrap()
         .unwrap();
+}
+
+/// The accept hook sees every TCP connection, with its peer address, before a byte is read;
+/// a `false` closes it at once (the client reads end of stream, not a response), and the
+/// server goes on serving the connections the hook lets through.
+#[tokio::test]
+async fn the_accept_hook_sees_every_connection_and_can_refuse_it() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let refuse = Arc::new(AtomicBool::new(false));
+    let config = {
+        let (seen, refuse) = (seen.clone(), refuse.clone());
+        ServerConfig::default().on_accept(move |peer| {
+            seen.lock().unwrap().push(peer);
+            !refuse.load(Ordering::SeqCst)
+        })
+    };
+    let srv = start(config).await;
+    let url = format!("ws://{}/", srv.addr);
+    let mut ws = timeout(GUARD, tether::connect(&url))
+        .await
+        .unwrap()
+        .unwrap();
+    greeting(&mut ws).await;
+    refuse.store(true, Ordering::SeqCst);
+    let mut raw = TcpStream::connect(srv.addr).await.unwrap();
+    let raw_port = raw.local_addr().unwrap().port();
+    // Refused before the request is read: the server closes without answering.
+    let _ = raw
+        .write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = timeout(GUARD, raw.read_to_end(&mut answer)).await.unwrap();
+    assert!(
+        answer.is_empty(),
+        "an answer: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The connection let through before is still served.
+    echo_once(&mut ws).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|p| p.ip().is_loopback()), "{seen:?}");
+    assert_eq!(seen[1].port(), raw_port);
+    srv.handle.shutdown();
+    assert!(timeout(GUARD, ws.recv()).await.unwrap().is_none());
+    timeout(GUARD, srv.serve).await.unwrap().unwrap().unwrap();
 }
 
 /// Admission control: with `max_handshakes(2)` and two handshakes held open by clients that
