@@ -20,6 +20,7 @@ mod report;
 mod run;
 mod servers;
 mod stats;
+mod storm;
 mod sys;
 mod wire;
 
@@ -52,6 +53,9 @@ fn main() -> ExitCode {
         "idle" => load::idle(&args),
         "broadcast" => broadcast::load(&args),
         "deflate-load" => compress::load(&args),
+        "storm" => storm::main(&args),
+        "storm-server" => storm::server(&args),
+        "storm-clients" => storm::clients(&args),
         "help" => {
             print!("{}", run::HELP);
             Ok(())

@@ -129,6 +129,23 @@ impl Child {
         }
     }
 
+    /// Writes one line to the child's standard input.
+    pub(crate) fn send_line(&mut self, line: &str) -> io::Result<()> {
+        use std::io::Write as _;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| io::Error::other("standard input already closed"))?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()
+    }
+
+    /// Kills the child at once (SIGKILL) and reaps it.
+    pub(crate) fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Closes the child's standard input and waits up to `grace` for it to exit, then kills
     /// it.
     pub(crate) fn finish(mut self, grace: Duration) {

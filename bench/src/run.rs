@@ -222,6 +222,12 @@ bench: comparative benchmarks of tether (see docs/benchmarks.md)
   --server-cpu N       core for the servers (default 0)
   --load-cpu N         core for the load generator and this process (default 1)
 
+Reconnect storms (a separate report, not part of the run above):
+  storm [--clients LIST] [--cases restart,kill] [--down S] [--max-handshakes K] [--out FILE]
+       N reconnecting tether clients against a server that closes them all with 1012
+       (restart) or is killed and back after S seconds (kill, default 1); arrivals per
+       100 ms with the defaults, with full jitter, and with a handshake limit K (default 64)
+
 Modes used by the orchestrator (this same binary):
   server --impl NAME [--addr A] [--cpu N]
   load --addr A --conns N --size B --inflight K --warmup S --duration S [--raw] [--cpu N]
@@ -233,6 +239,8 @@ Modes used by the orchestrator (this same binary):
   broadcast --addr A --receivers N --size B --outstanding K --warmup S --duration S [--cpu N]
   deflate-load --addr A --conns N --size B --inflight K --warmup S --duration S
                [--require-deflate] [--cpu N]
+  storm-server [--addr A] [--max-handshakes K] [--cpu N]
+  storm-clients --url U --clients N [--jitter default|full] [--cpu N]
 ";
 
 fn settings(args: &Args, raw_args: &[String]) -> io::Result<Settings> {
