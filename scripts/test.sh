@@ -10,9 +10,10 @@
 #   4. cargo test --workspace (the interop tests find Python through TETHER_PYTHON, Redis
 #      through TETHER_REDIS_SERVER);
 #   5. the Autobahn test suite against the release examples: server role (tether's own server
-#      and the axum example) and client role.
+#      and the axum example) and client role;
+#   6. every fuzz target for 30 s (scripts/fuzz.sh; built with stable cargo, no cargo-fuzz).
 #
-# cargo test and each Autobahn role are a gate (a failed release build of the examples counts
+# cargo test, each Autobahn role and the fuzz smoke run are a gate (a failed release build of the examples counts
 # as one failed gate instead of the two roles); the last line says how many gates passed and
 # failed, and the exit status is non-zero if any failed.
 #
@@ -34,6 +35,9 @@ AUTOBAHN_EXPECT=517
 CARGO_TEST_LIMIT=2400
 BUILD_LIMIT=900
 AUTOBAHN_LIMIT=900
+# The fuzz smoke run: seconds per target, and a bound on the whole step (its build included).
+FUZZ_SECONDS=30
+FUZZ_LIMIT=1200
 
 passed=0
 failed=0
@@ -234,6 +238,12 @@ else
     failed=$((failed + 1))
     failures+=("cargo build --release -p tether --examples --all-features (Autobahn not run)")
 fi
+
+# --- 6. fuzz smoke ------------------------------------------------------------------------
+# Every fuzz target of fuzz/ for FUZZ_SECONDS (a smoke run: it catches a target that no longer
+# builds or a crash that is easy to reach; long runs are `bash scripts/fuzz.sh SECONDS`).
+gate "fuzz smoke (${FUZZ_SECONDS} s per target)" \
+    timeout --kill-after=30 "$FUZZ_LIMIT" bash scripts/fuzz.sh "$FUZZ_SECONDS" </dev/null
 
 # --- summary -------------------------------------------------------------------------------
 echo

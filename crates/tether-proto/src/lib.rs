@@ -29,5 +29,13 @@ pub use error::{ProtocolError, SendError};
 pub use frame::{close_code, OpCode};
 pub use utf8::Utf8Bytes;
 
+/// The incremental UTF-8 check that text messages go through, exposed only so that the fuzz
+/// targets in `fuzz/` can compare it with the standard library. Not part of the API: hidden
+/// from the documentation and free to change in any release.
+#[doc(hidden)]
+pub mod fuzz_internals {
+    pub use crate::utf8::{into_text, valid_prefix};
+}
+
 /// The shared byte buffer that message payloads are made of (re-exported from `bytes`).
 pub use bytes::{self, Bytes};

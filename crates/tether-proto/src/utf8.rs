@@ -8,7 +8,7 @@ use bytes::Bytes;
 /// Length of the longest prefix of `bytes` that is valid UTF-8 or may become valid once more
 /// bytes arrive; `None` if `bytes` contains an invalid sequence. Used on text still arriving,
 /// so that invalid text fails fast.
-pub(crate) fn valid_prefix(bytes: &[u8]) -> Option<usize> {
+pub fn valid_prefix(bytes: &[u8]) -> Option<usize> {
     match simdutf8::compat::from_utf8(bytes) {
         Ok(_) => Some(bytes.len()),
         Err(e) if e.error_len().is_none() => Some(e.valid_up_to()),
@@ -18,7 +18,7 @@ pub(crate) fn valid_prefix(bytes: &[u8]) -> Option<usize> {
 
 /// The bytes as text if they are valid UTF-8. `checked` bytes at the start are known to be
 /// valid already (from [`valid_prefix`]) and are not checked again.
-pub(crate) fn into_text(bytes: Vec<u8>, checked: usize) -> Result<Utf8Bytes, Vec<u8>> {
+pub fn into_text(bytes: Vec<u8>, checked: usize) -> Result<Utf8Bytes, Vec<u8>> {
     let start = checked.min(bytes.len());
     // A character split at `start` was left out of `checked` by `valid_prefix`, so the rest
     // begins on a character boundary and can be validated on its own.
