@@ -145,8 +145,8 @@ pub enum Event {
     Text(Utf8Bytes),
     /// A complete binary message, handed over without a copy.
     Binary(Bytes),
-    /// The peer sent a Ping; the Pong was already queued, or, when an earlier Pong was
-    /// still waiting to be written, is queued once that one is out, answering only the
+    /// The peer sent a Ping; the Pong was already queued, or, when the last Pong was more
+    /// than 16 KiB from being written, is queued once that one is out, answering only the
     /// latest Ping that came meanwhile (RFC 6455 5.5.3): a Ping flood cannot grow the
     /// transmit queue.
     Ping(Vec<u8>),
@@ -227,6 +227,12 @@ enum MessageKind {
     Binary,
 }
 
+/// How far (in queued bytes) the last Pong may be from being written before a new Ping is
+/// no longer answered at once but only the latest one after that Pong: peers that ping
+/// normally get every Pong (Autobahn 2.10 checks that ten Pings get ten), a flood from a
+/// peer that never reads leaves at most this much queued for it.
+const PONG_BACKLOG: usize = 16 * 1024;
+
 /// One WebSocket connection after the opening handshake, free of I/O.
 ///
 /// # Call grammar
@@ -271,9 +277,10 @@ pub struct Connection {
     owned: VecDeque<OwnedPayload>,
     /// Queued bytes still to be written before the last queued Pong is out (0: none waits).
     pong_unwritten: usize,
-    /// The payload of the latest Ping that arrived while a Pong was still waiting: answered
-    /// once that Pong is written (RFC 6455 5.5.3 lets an endpoint answer only the latest
-    /// Ping), so that a peer that floods Pings and never reads cannot grow the queue.
+    /// The payload of the latest Ping that arrived while the last Pong was more than
+    /// [`PONG_BACKLOG`] bytes from being written: answered once that Pong is out (RFC 6455
+    /// 5.5.3 lets an endpoint answer only the latest Ping), so that a peer that floods Pings
+    /// and never reads cannot grow the queue.
     pong_pending: Option<Box<[u8]>>,
 
     close_sent: bool,
@@ -878,7 +885,7 @@ impl Connection {
     /// Reports that the first `n` bytes of what is queued were written (they may span the
     /// parts of [`transmit_vectored`](Self::transmit_vectored)).
     pub fn advance_transmit(&mut self, mut n: usize) {
-        // The waiting Pong is written out by this advance: answer the latest Ping after it.
+        // The last Pong is written out by this advance: answer the latest Ping after it.
         let pong_out = self.pong_unwritten > 0 && n >= self.pong_unwritten;
         self.pong_unwritten = self.pong_unwritten.saturating_sub(n);
         while n > 0 {
@@ -1167,7 +1174,7 @@ impl Connection {
             OpCode::Ping => {
                 let payload = self.control[..len].to_vec();
                 if !self.close_sent {
-                    if self.pong_unwritten > 0 {
+                    if self.pong_unwritten > PONG_BACKLOG {
                         self.pong_pending = Some(payload.as_slice().into());
                     } else {
                         self.write_pong(&payload);

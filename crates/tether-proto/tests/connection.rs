@@ -975,12 +975,12 @@ fn first_error_in_the_stream_wins_however_the_input_is_cut() {
 }
 
 /// A ping flood from a peer that never reads (measured before the fix: two million pings
-/// grew a server by about 240 MB): while a Pong waits to be written, a new Ping replaces the
-/// one waiting to be answered instead of queueing another Pong (RFC 6455 5.5.3), so the
-/// transmit queue holds at most one Pong however many Pings arrive; the latest Ping is
-/// answered once the waiting Pong is out, and every Ping is still reported.
+/// grew a server by about 240 MB). Pings are answered one by one while the queue up to the
+/// last Pong is short (16 KiB); past that, a new Ping replaces the one waiting for an answer
+/// (RFC 6455 5.5.3), so the transmit queue stays bounded however many Pings arrive. The
+/// latest Ping is answered once the waiting Pongs are out, and every Ping is still reported.
 #[test]
-fn ping_flood_from_a_peer_that_never_reads_keeps_one_pong_queued() {
+fn ping_flood_from_a_peer_that_never_reads_keeps_the_queue_bounded() {
     let now = Instant::now();
     let mut s = server(now);
     let pings = 100_000u32;
@@ -988,28 +988,33 @@ fn ping_flood_from_a_peer_that_never_reads_keeps_one_pong_queued() {
     for i in 0..pings {
         flood.extend_from_slice(&cframe(true, 9, &i.to_be_bytes()));
     }
+    let mut reported = 0;
     for chunk in flood.chunks(4096) {
         s.receive(chunk, now);
         // The driver takes the events (it does while reading) but cannot write.
-        let _ = events(&mut s);
+        reported += events(&mut s).len();
     }
-    // One Pong frame: two header bytes and the four-byte payload.
-    assert_eq!(s.buffered_amount(), 2 + 4);
-    // Written out, the first Pong answers the first Ping, and the latest is answered after
-    // it: two Pongs for 100,000 Pings.
-    assert_eq!(
-        decode_output(&mut s, now),
-        vec![
-            Event::Pong {
-                payload: 0u32.to_be_bytes().to_vec(),
-                rtt: None
-            },
-            Event::Pong {
-                payload: (pings - 1).to_be_bytes().to_vec(),
-                rtt: None
-            },
-        ]
+    assert_eq!(reported, pings as usize);
+    // Pong frames of six bytes (two header bytes, four of payload), up to just past 16 KiB.
+    let queued = s.buffered_amount();
+    assert_eq!(queued % 6, 0);
+    assert!(
+        (16 * 1024..16 * 1024 + 6 * 2).contains(&queued),
+        "{queued} bytes queued"
     );
+    let answered = (queued / 6) as u32;
+    // Written out: the first Pings in order, then the latest one.
+    let mut want: Vec<Event> = (0..answered)
+        .map(|i| Event::Pong {
+            payload: i.to_be_bytes().to_vec(),
+            rtt: None,
+        })
+        .collect();
+    want.push(Event::Pong {
+        payload: (pings - 1).to_be_bytes().to_vec(),
+        rtt: None,
+    });
+    assert_eq!(decode_output(&mut s, now), want);
     assert_eq!(s.buffered_amount(), 0);
     // With the queue empty again, a Ping is answered at once, as before.
     s.receive(&cframe(true, 9, b"again"), now);
@@ -1023,14 +1028,34 @@ fn ping_flood_from_a_peer_that_never_reads_keeps_one_pong_queued() {
     );
 }
 
-/// A waiting Pong behind a large unwritten message: the Ping that arrives meanwhile is
-/// answered once the queue up to the Pong is written, not before, and data queued after the
-/// Pong keeps its order.
+/// Ten Pings in a row, nothing written in between (Autobahn 2.10): ten Pongs, in order.
+#[test]
+fn a_few_pings_in_a_row_get_a_pong_each() {
+    let now = Instant::now();
+    let mut s = server(now);
+    let mut input = Vec::new();
+    for i in 0..10u8 {
+        input.extend_from_slice(&cframe(true, 9, &[i; 125]));
+    }
+    s.receive(&input, now);
+    let _ = events(&mut s);
+    let want: Vec<Event> = (0..10u8)
+        .map(|i| Event::Pong {
+            payload: vec![i; 125],
+            rtt: None,
+        })
+        .collect();
+    assert_eq!(decode_output(&mut s, now), want);
+}
+
+/// Pongs behind a large unwritten message: a Ping that arrives while the last Pong is more
+/// than 16 KiB from being written waits, and only the latest such Ping is answered once
+/// that Pong is out; data queued meanwhile keeps its order.
 #[test]
 fn a_ping_answered_late_keeps_the_order_of_what_was_queued() {
     let now = Instant::now();
     let mut s = server(now);
-    s.send_binary(&[7; 10_000]).unwrap();
+    s.send_binary(&[7; BIG]).unwrap();
     s.receive(&cframe(true, 9, b"a"), now);
     s.send_text("after a").unwrap();
     s.receive(&cframe(true, 9, b"b"), now);
@@ -1055,12 +1080,15 @@ fn a_ping_answered_late_keeps_the_order_of_what_was_queued() {
     );
 }
 
+/// The large message of [`a_ping_answered_late_keeps_the_order_of_what_was_queued`].
+const BIG: usize = 40_000;
+
 /// Decodes what `from` still has to transmit, given that the first `skip` bytes of a frame
-/// of 10,000 `7`s were written already: prepends them so a peer can parse the whole.
+/// of `BIG` `7`s were written already: prepends them so a peer can parse the whole.
 fn decode_output_from(from: &mut Connection, skip: usize, now: Instant) -> Vec<Event> {
     let mut peer = Connection::new(Role::Client, Config::default(), now);
     let mut head = Vec::new();
-    encode_frame(&mut head, true, false, OpCode::Binary, None, &[7; 10_000]);
+    encode_frame(&mut head, true, false, OpCode::Binary, None, &[7; BIG]);
     peer.receive(&head[..skip], now);
     let mut got = Vec::new();
     while from.buffered_amount() > 0 {
