@@ -13,6 +13,9 @@
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
+
+mod input;
+use input::Input;
 use tether_proto::bytes::BytesMut;
 use tether_proto::frame::{encode_header, MAX_HEADER_LEN};
 use tether_proto::fuzz_internals::{into_text, valid_prefix};
@@ -21,26 +24,8 @@ use tether_proto::{
     Config, Connection, DeflateConfig, DeflateParams, Event, OpCode, ProtocolError, Role,
 };
 
-/// Reads the fuzz input front to back; past the end every read returns zero.
-struct Input<'a> {
-    data: &'a [u8],
-}
-
-impl<'a> Input<'a> {
-    fn byte(&mut self) -> u8 {
-        match self.data.split_first() {
-            Some((&b, rest)) => {
-                self.data = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.byte(), self.byte()])
-    }
-
+/// What only this target reads from the input.
+impl Input<'_> {
     /// Up to eight piece sizes, to be fitted to a length with [`fit`].
     fn sizes(&mut self) -> Vec<usize> {
         let pieces = usize::from(self.byte() % 8);
@@ -51,10 +36,6 @@ impl<'a> Input<'a> {
                 b => usize::from(b & 63) * 64 + usize::from(self.byte()),
             })
             .collect()
-    }
-
-    fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.data)
     }
 
     /// The rest of the input between two runs of up to 16 KiB of valid text (ASCII and

@@ -23,6 +23,9 @@ use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
+
+mod input;
+use input::Input;
 use tether_proto::bytes::{Bytes, BytesMut};
 use tether_proto::frame::{encode_header, is_valid_close_code, MAX_HEADER_LEN};
 use tether_proto::mask::apply_mask;
@@ -45,42 +48,6 @@ const MAX_FRAME: usize = 1 << 20;
 /// The largest control frame: a 14-byte header (with a mask) and 125 bytes of payload.
 const MAX_CONTROL_FRAME: usize = MAX_HEADER_LEN + 125;
 
-/// Reads the fuzz input front to back; past the end every read returns zero.
-struct Input<'a> {
-    data: &'a [u8],
-}
-
-impl<'a> Input<'a> {
-    fn byte(&mut self) -> u8 {
-        match self.data.split_first() {
-            Some((&b, rest)) => {
-                self.data = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-
-    fn flag(&mut self) -> bool {
-        self.byte() & 1 == 1
-    }
-
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.byte(), self.byte()])
-    }
-
-    /// Up to `n` bytes (fewer at the end of the input).
-    fn bytes(&mut self, n: usize) -> &'a [u8] {
-        let (head, rest) = self.data.split_at(n.min(self.data.len()));
-        self.data = rest;
-        head
-    }
-
-    fn is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Text,
@@ -88,6 +55,15 @@ enum Kind {
 }
 
 impl Kind {
+    /// Text for a set flag, binary otherwise.
+    fn from_flag(text: bool) -> Self {
+        if text {
+            Self::Text
+        } else {
+            Self::Binary
+        }
+    }
+
     fn opcode(self) -> OpCode {
         match self {
             Self::Text => OpCode::Text,
@@ -605,11 +581,7 @@ fn inject(me: &mut Side, input: &mut Input<'_>, world: &mut World) {
     }
     // Whatever the connection queued goes first, in one piece of the stream.
     me.pull_all();
-    let kind = if input.flag() {
-        Kind::Text
-    } else {
-        Kind::Binary
-    };
+    let kind = Kind::from_flag(input.flag());
     let data = payload(input, world, kind);
     let compressed = if input.flag() {
         compress_for(me, kind, &data, world.now)
@@ -898,11 +870,7 @@ fn op(sides: &mut [Side; 2], input: &mut Input<'_>, world: &mut World) {
         // Sends, through each method.
         0..=9 => {
             let me = &mut sides[i];
-            let kind = if input.flag() {
-                Kind::Text
-            } else {
-                Kind::Binary
-            };
+            let kind = Kind::from_flag(input.flag());
             let data = payload(input, world, kind);
             let result = match kind {
                 Kind::Text => me.conn.send_text(std::str::from_utf8(&data).unwrap()),
@@ -914,11 +882,7 @@ fn op(sides: &mut [Side; 2], input: &mut Input<'_>, world: &mut World) {
         }
         10..=17 => {
             let me = &mut sides[i];
-            let kind = if input.flag() {
-                Kind::Text
-            } else {
-                Kind::Binary
-            };
+            let kind = Kind::from_flag(input.flag());
             let data = payload(input, world, kind);
             let flags = input.byte();
             let compress = flags & 1 != 0;
@@ -944,11 +908,7 @@ fn op(sides: &mut [Side; 2], input: &mut Input<'_>, world: &mut World) {
             }
         }
         18..=20 => {
-            let kind = if input.flag() {
-                Kind::Text
-            } else {
-                Kind::Binary
-            };
+            let kind = Kind::from_flag(input.flag());
             let data = payload(input, world, kind);
             let message = match kind {
                 Kind::Text => PreparedMessage::text(String::from_utf8(data.clone()).unwrap()),
