@@ -1,5 +1,5 @@
 //! An echo server on axum: `/` upgrades to a tether WebSocket that sends every message back
-//! unchanged (tether's defaults: permessage-deflate on), `GET /healthz` answers `ok` over
+//! unchanged (tether's defaults, permessage-deflate on, without keepalive pings), `GET /healthz` answers `ok` over
 //! plain HTTP. Used for the Autobahn test suite's server role on the axum path
 //! (`scripts/test.sh`).
 //!
@@ -12,17 +12,22 @@ use axum::serve::ListenerExt as _;
 use axum::Router;
 use tether::axum::WebSocketUpgrade;
 use tether::upgrade::UpgradedWebSocket;
+use tether::{Config, ServerConfig};
 
 async fn echo(ws: WebSocketUpgrade) -> axum::response::Response {
-    ws.on_upgrade(|mut ws: UpgradedWebSocket| async move {
-        while let Some(Ok(msg)) = ws.recv().await {
-            if ws.send(msg).await.is_err() {
-                break;
+    // tether's defaults without keepalive pings: an Autobahn case that lasts longer than the
+    // 20 s ping interval would see an unsolicited Ping, which kosoku counts against the case.
+    let config = ServerConfig::default().config(Config::default().ping_interval(None));
+    ws.config(config)
+        .on_upgrade(|mut ws: UpgradedWebSocket| async move {
+            while let Some(Ok(msg)) = ws.recv().await {
+                if ws.send(msg).await.is_err() {
+                    break;
+                }
             }
-        }
-        // Finish the closing handshake (or the failure) that ended the loop.
-        while ws.recv().await.is_some() {}
-    })
+            // Finish the closing handshake (or the failure) that ended the loop.
+            while ws.recv().await.is_some() {}
+        })
 }
 
 #[tokio::main(flavor = "current_thread")]
