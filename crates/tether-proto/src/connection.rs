@@ -1177,6 +1177,8 @@ impl Connection {
                     if self.pong_unwritten > PONG_BACKLOG {
                         self.pong_pending = Some(payload.as_slice().into());
                     } else {
+                        // Answering this Ping answers every older one still pending.
+                        self.pong_pending = None;
                         self.write_pong(&payload);
                     }
                 }

@@ -1080,6 +1080,41 @@ fn a_ping_answered_late_keeps_the_order_of_what_was_queued() {
     );
 }
 
+/// A Ping answered at once, while an older one still waits for its answer, supersedes the
+/// older one: no Pong ever follows the answer to a newer Ping (RFC 6455 5.5.3 lets an
+/// endpoint answer only the most recent Ping).
+#[test]
+fn a_pending_ping_is_dropped_when_a_newer_one_is_answered_first() {
+    let now = Instant::now();
+    let mut s = server(now);
+    s.send_binary(&[7; BIG]).unwrap();
+    s.receive(&cframe(true, 9, b"a"), now);
+    s.send_text("after a").unwrap();
+    s.receive(&cframe(true, 9, b"b"), now);
+    s.receive(&cframe(true, 9, b"c"), now);
+    let _ = events(&mut s);
+    // Most of the message is written: the Pong for "a" is now within the backlog, so "d"
+    // is answered at once and "c", still pending, must not be answered after it.
+    s.advance_transmit(30_000);
+    s.receive(&cframe(true, 9, b"d"), now);
+    let _ = events(&mut s);
+    let rest = decode_output_from(&mut s, 30_000, now);
+    assert_eq!(
+        rest,
+        vec![
+            Event::Pong {
+                payload: b"a".to_vec(),
+                rtt: None
+            },
+            Event::Text("after a".into()),
+            Event::Pong {
+                payload: b"d".to_vec(),
+                rtt: None
+            },
+        ]
+    );
+}
+
 /// The large message of [`a_ping_answered_late_keeps_the_order_of_what_was_queued`].
 const BIG: usize = 40_000;
 
