@@ -158,7 +158,7 @@ pub(crate) struct ConnectArgs {
     pub(crate) echo: bool,
 
     /// Largest message accepted; a larger one closes the connection with 1009. [default: the
-    /// library's, 64 MiB]
+    /// library's, 1 MiB]
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) max_size: Option<u64>,
 

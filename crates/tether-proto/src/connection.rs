@@ -27,12 +27,17 @@ pub enum Role {
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Largest message accepted, in bytes, after reassembly (and decompression). Larger
-    /// messages fail the connection with 1009. Default: 64 MiB.
+    /// messages fail the connection with 1009. Default: 1 MiB (as Python `websockets`), so
+    /// that a server's worst case is bounded: 1,000 peers each sending a message just under the
+    /// limit hold about 1 GiB, not the 64 GiB of a 64 MiB default. Raise it for a peer you trust
+    /// to send more.
     pub max_message_size: usize,
-    /// Largest single frame accepted, in bytes. Default: 16 MiB.
+    /// Largest single frame accepted, in bytes. Default: 16 MiB (a frame is also bounded by
+    /// [`max_message_size`](Self::max_message_size)).
     pub max_frame_size: usize,
-    /// Most frames one message may be split into. Default: 131,072 (the Autobahn suite sends
-    /// 4 MiB in 64-byte fragments).
+    /// Most frames one message may be split into; more fail the connection with 1009.
+    /// Default: 65,536 (the Autobahn suite's most, 4 MiB in 64-byte fragments; 100,000
+    /// one-byte fragments are refused).
     pub max_fragments: usize,
     /// Send a keepalive Ping this often; `None` disables keepalive. Default: 20 s.
     pub ping_interval: Option<Duration>,
@@ -47,9 +52,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            max_message_size: 64 << 20,
+            max_message_size: 1 << 20,
             max_frame_size: 16 << 20,
-            max_fragments: 1 << 17,
+            max_fragments: 1 << 16,
             ping_interval: Some(Duration::from_secs(20)),
             ping_timeout: Some(Duration::from_secs(20)),
             close_timeout: Duration::from_secs(10),
@@ -938,6 +943,24 @@ impl Connection {
             self.advance_transmit(n);
         }
         all
+    }
+
+    /// Bytes of memory held for the incoming message being assembled (its capacity, which
+    /// may run ahead of what arrived): what a driver counts against a budget shared by many
+    /// connections. 0 between messages, and for a message taken whole from a
+    /// [`receive_shared`](Self::receive_shared) buffer.
+    pub fn incoming_buffered(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Fails the connection for a reason the driver found (for example
+    /// [`ProtocolError::Overloaded`]), exactly as if the core had detected `error` in the
+    /// input: the message being assembled is dropped, the error is reported once as
+    /// [`Event::Error`] and a Close frame with its [close code](ProtocolError::close_code)
+    /// is queued. Does nothing once reading ended (an earlier failure, the peer's Close, end
+    /// of input or the close timeout).
+    pub fn fail_with(&mut self, error: ProtocolError, now: Instant) {
+        self.fail(error, now);
     }
 
     /// How many bytes are queued for the transport.

@@ -57,13 +57,18 @@ pub enum ProtocolError {
     Compression,
     /// No Pong arrived within the ping timeout after a keepalive Ping.
     KeepaliveTimeout,
+    /// The driver's budget for incoming message bytes (shared by many connections) is used
+    /// up; the connection fails with 1013 ("try again later") so that the peer backs off.
+    /// Never detected by the core itself: a driver reports it with
+    /// [`Connection::fail_with`](crate::Connection::fail_with).
+    Overloaded,
     /// The driver broke the core's contract (a read callback removed received bytes); the
     /// message in progress is lost. Never caused by the peer.
     Internal,
 }
 
 impl ProtocolError {
-    /// The close code this error is reported with: 1002, 1007, 1009 or 1011.
+    /// The close code this error is reported with: 1002, 1007, 1009, 1011 or 1013.
     pub fn close_code(&self) -> u16 {
         match self {
             Self::InvalidUtf8 => close_code::INVALID_PAYLOAD,
@@ -71,6 +76,7 @@ impl ProtocolError {
             | Self::MessageTooLarge { .. }
             | Self::TooManyFragments { .. } => close_code::TOO_BIG,
             Self::KeepaliveTimeout | Self::Internal => close_code::INTERNAL_ERROR,
+            Self::Overloaded => close_code::TRY_AGAIN_LATER,
             _ => close_code::PROTOCOL_ERROR,
         }
     }
@@ -85,6 +91,7 @@ impl ProtocolError {
             Self::KeepaliveTimeout => "keepalive ping timeout",
             Self::Compression => "invalid compressed data",
             Self::Internal => "internal error",
+            Self::Overloaded => "try again later",
             _ => "protocol error",
         }
     }
@@ -120,6 +127,7 @@ impl fmt::Display for ProtocolError {
             Self::Compression => f.write_str("invalid permessage-deflate data"),
             Self::KeepaliveTimeout => f.write_str("no pong received within the ping timeout"),
             Self::Internal => f.write_str("internal error: the driver removed received bytes"),
+            Self::Overloaded => f.write_str("the budget for incoming message bytes is used up"),
         }
     }
 }

@@ -8,7 +8,11 @@
 use tether::ClientBuilder;
 
 async fn echo_case(url: &str) -> Result<(), tether::Error> {
-    let mut ws = ClientBuilder::new(url).connect().await?;
+    // The 9.* cases send messages of up to 16 MiB, past the 1 MiB default limit.
+    let mut ws = ClientBuilder::new(url)
+        .config(tether::Config::default().max_message_size(16 << 20))
+        .connect()
+        .await?;
     while let Some(msg) = ws.recv().await {
         match msg {
             Ok(msg) => {

@@ -17,7 +17,12 @@ use tether::{Config, ServerConfig};
 async fn echo(ws: WebSocketUpgrade) -> axum::response::Response {
     // tether's defaults without keepalive pings: an Autobahn case that lasts longer than the
     // 20 s ping interval would see an unsolicited Ping, which kosoku counts against the case.
-    let config = ServerConfig::default().config(Config::default().ping_interval(None));
+    // The 9.* cases echo messages of up to 16 MiB, past the 1 MiB default limit.
+    let config = ServerConfig::default().config(
+        Config::default()
+            .ping_interval(None)
+            .max_message_size(16 << 20),
+    );
     ws.config(config)
         .on_upgrade(|mut ws: UpgradedWebSocket| async move {
             while let Some(Ok(msg)) = ws.recv().await {

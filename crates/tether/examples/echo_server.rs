@@ -9,9 +9,14 @@ use tether::{Config, Server, ServerConfig};
 
 /// tether's defaults without keepalive pings: an Autobahn case that lasts longer than the
 /// 20 s ping interval (12.2.15 to 12.2.18 come close on a slow machine) would see an
-/// unsolicited Ping, which kosoku counts against the case.
+/// unsolicited Ping, which kosoku counts against the case. The 9.* cases echo messages of up
+/// to 16 MiB, past the 1 MiB default limit.
 fn conformance_config() -> ServerConfig {
-    ServerConfig::default().config(Config::default().ping_interval(None))
+    ServerConfig::default().config(
+        Config::default()
+            .ping_interval(None)
+            .max_message_size(16 << 20),
+    )
 }
 
 #[tokio::main(flavor = "current_thread")]

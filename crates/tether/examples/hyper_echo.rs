@@ -50,7 +50,10 @@ async fn main() -> std::io::Result<()> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:9001".to_owned());
-    let config = Arc::new(ServerConfig::default());
+    // Messages of up to 16 MiB (Autobahn's 9.* cases), past the 1 MiB default limit.
+    let config = Arc::new(
+        ServerConfig::default().config(tether::Config::default().max_message_size(16 << 20)),
+    );
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("hyper echo server listening on {}", listener.local_addr()?);
     loop {

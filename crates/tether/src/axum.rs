@@ -126,7 +126,7 @@ impl WebSocketUpgrade {
 
     /// Sets the largest message accepted, after decompression, in the config's connection
     /// settings ([`Config::max_message_size`](crate::Config::max_message_size)); a larger
-    /// one closes the connection with 1009. Default: 64 MiB.
+    /// one closes the connection with 1009. Default: 1 MiB.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         Arc::make_mut(&mut self.config)
             .connection_mut()

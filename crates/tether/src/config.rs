@@ -17,8 +17,8 @@ use tether_proto::DeflateConfig;
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The protocol core's limits and timers, with their defaults documented on
-    /// [`tether_proto::Config`]: largest message (64 MiB, after decompression) and frame
-    /// (16 MiB), most fragments per message (131,072), keepalive ping interval and timeout
+    /// [`tether_proto::Config`]: largest message (1 MiB, after decompression) and frame
+    /// (16 MiB), most fragments per message (65,536), keepalive ping interval and timeout
     /// (20 s each) and close timeout (10 s). The chained setters below change them.
     pub core: tether_proto::Config,
     /// `send` waits while more than this many bytes are queued… Default: 64 KiB.

@@ -20,7 +20,10 @@ use tokio::time::{timeout_at, Instant};
 use crate::config::Config;
 use crate::error::{Error, Phase, Result};
 use crate::stream::MaybeTlsStream;
-use crate::websocket::{CloseSignal, WebSocket};
+use crate::websocket::{CloseSignal, MessageBudget, WebSocket};
+
+/// [`ServerConfig::message_budget`]'s default: 256 MiB.
+const DEFAULT_MESSAGE_BUDGET: usize = 256 << 20;
 
 /// An HTTP request as a [`ServerConfig::process_request`] hook sees it: every request that
 /// parsed as HTTP, upgrade or not.
@@ -136,6 +139,7 @@ pub struct ServerConfig {
     max_handshakes: Option<usize>,
     busy_retry_after: Duration,
     on_accept: Option<Arc<OnAccept>>,
+    message_budget: Option<Arc<MessageBudget>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -149,6 +153,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_handshakes", &self.max_handshakes)
             .field("busy_retry_after", &self.busy_retry_after)
             .field("on_accept", &self.on_accept.is_some())
+            .field("message_budget", &self.message_budget.as_ref().map(|b| b.limit()))
             .finish()
     }
 }
@@ -165,6 +170,7 @@ impl Default for ServerConfig {
             max_handshakes: None,
             busy_retry_after: Duration::from_secs(10),
             on_accept: None,
+            message_budget: Some(Arc::new(MessageBudget::new(DEFAULT_MESSAGE_BUDGET))),
         }
     }
 }
@@ -201,6 +207,20 @@ impl ServerConfig {
     /// (at least 1). Default: 10 s.
     pub fn busy_retry_after(mut self, max: Duration) -> Self {
         self.busy_retry_after = max;
+        self
+    }
+
+    /// A budget for the memory that incoming messages hold while they are being assembled,
+    /// summed over every connection of this server (and of the axum and hyper upgrades made
+    /// with this config): a connection whose growth takes the total past `bytes` fails with
+    /// close code 1013 ("try again later"), which tether clients retry with their backoff.
+    /// [`Config::max_message_size`] bounds one message; this bounds them all, so that a few
+    /// hundred clients each sending a large message slowly cannot take gigabytes. Uncompressed
+    /// messages that arrive whole in one read are not held and do not count; compressed ones
+    /// count while they are inflated. Clones of this config
+    /// share one budget; `None` turns it off. Default: 256 MiB.
+    pub fn message_budget(mut self, bytes: Option<usize>) -> Self {
+        self.message_budget = bytes.map(|b| Arc::new(MessageBudget::new(b)));
         self
     }
 
@@ -295,6 +315,11 @@ impl ServerConfig {
     #[cfg(feature = "axum")]
     pub(crate) fn connection_mut(&mut self) -> &mut Config {
         &mut self.config
+    }
+
+    /// The budget the connections share.
+    pub(crate) fn budget(&self) -> Option<Arc<MessageBudget>> {
+        self.message_budget.clone()
     }
 
     /// The subprotocols, in preference order.
@@ -437,6 +462,7 @@ async fn accept_until<S: AsyncRead + AsyncWrite + Unpin>(
         negotiated.deflate,
         &leftover,
     )
+    .with_budget(config.message_budget.clone())
     .with_negotiated(negotiated.subprotocol, negotiated.extensions);
     Ok(Some((ws, request)))
 }

@@ -85,6 +85,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
@@ -100,7 +101,7 @@ use tether_proto::{DeflateParams, Role};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::server::{HttpRequest, HttpResponse, ServerConfig};
-use crate::websocket::WebSocket;
+use crate::websocket::{MessageBudget, WebSocket};
 
 /// The WebSocket that [`PendingUpgrade`] resolves to: tether's connection on the transport
 /// hyper hands over after the upgrade.
@@ -182,6 +183,7 @@ pub struct PendingUpgrade {
 struct Open {
     config: Config,
     deflate: Option<DeflateParams>,
+    budget: Option<Arc<MessageBudget>>,
 }
 
 impl PendingUpgrade {
@@ -233,6 +235,7 @@ impl Future for PendingUpgrade {
             open.deflate,
             &[],
         )
+        .with_budget(open.budget)
         .with_negotiated(this.subprotocol.clone(), this.extensions.clone());
         Poll::Ready(Ok(ws))
     }
@@ -423,6 +426,7 @@ pub(crate) fn accept<R: From<Bytes>>(
         open: Some(Open {
             config: settings.clone(),
             deflate: negotiated.deflate,
+            budget: config.budget(),
         }),
         subprotocol: negotiated.subprotocol,
         extensions: negotiated.extensions,

@@ -4,6 +4,7 @@ use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
@@ -12,8 +13,8 @@ use bytes::{BufMut, BytesMut};
 use futures_core::Stream;
 use futures_sink::Sink;
 use tether_proto::{
-    close_code, Bytes, Connection, DeflateParams, Event, OpCode, PeerClose, PreparedMessage, Role,
-    State, Utf8Bytes,
+    close_code, Bytes, Connection, DeflateParams, Event, OpCode, PeerClose, PreparedMessage,
+    ProtocolError, Role, State, Utf8Bytes,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
@@ -216,6 +217,66 @@ impl<S> Drop for Inner<S> {
     }
 }
 
+/// A budget for the bytes of incoming messages being assembled, shared by the connections of
+/// one server: a connection whose next read would take the total past the limit fails with
+/// 1013 ("try again later") instead of growing the server without bound.
+#[derive(Debug)]
+pub(crate) struct MessageBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl MessageBudget {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes charged now, by all connections.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// What one connection has charged to a [`MessageBudget`]; given back when dropped.
+struct Charge {
+    budget: Arc<MessageBudget>,
+    charged: usize,
+}
+
+impl Charge {
+    /// Charges or gives back the difference to `held`; `false` if the budget is now over
+    /// its limit because of this connection's growth.
+    fn settle(&mut self, held: usize) -> bool {
+        if held > self.charged {
+            let grow = held - self.charged;
+            let before = self.budget.used.fetch_add(grow, Ordering::Relaxed);
+            self.charged = held;
+            return before.saturating_add(grow) <= self.budget.limit;
+        }
+        if held < self.charged {
+            self.budget
+                .used
+                .fetch_sub(self.charged - held, Ordering::Relaxed);
+            self.charged = held;
+        }
+        true
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.settle(0);
+    }
+}
+
 /// Everything a connection owns; shared by the two halves after [`WebSocket::split`].
 struct Inner<S> {
     io: S,
@@ -232,6 +293,7 @@ struct Inner<S> {
     low_water: usize,
     ping_counter: u64,
     close_signal: Option<Arc<CloseSignal>>,
+    budget: Option<Charge>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
@@ -343,7 +405,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         }
         if !self.eof {
             match self.poll_read_once(cx, now) {
-                Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    self.settle_budget(now);
+                    return Poll::Ready(Ok(()));
+                }
                 Poll::Ready(Err(e)) => {
                     self.eof = true;
                     self.proto.receive_eof(now);
@@ -358,6 +423,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         match self.poll_timer(cx) {
             Poll::Ready(()) => Poll::Ready(Ok(())),
             Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Brings this connection's charge on the shared budget up to date after a read, and
+    /// fails the connection (1013) if it took the budget past its limit.
+    fn settle_budget(&mut self, now: std::time::Instant) {
+        let Some(charge) = &mut self.budget else {
+            return;
+        };
+        if !charge.settle(self.proto.incoming_buffered()) {
+            tracing::debug!(
+                limit = charge.budget.limit(),
+                "incoming message budget used up: failing the connection with 1013"
+            );
+            self.proto.fail_with(ProtocolError::Overloaded, now);
+            charge.settle(self.proto.incoming_buffered());
         }
     }
 
@@ -572,6 +653,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 low_water: config.write_buffer_low,
                 ping_counter: 0,
                 close_signal: None,
+                budget: None,
             },
             subprotocol: None,
             extensions: None,
@@ -581,6 +663,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     pub(crate) fn with_response(mut self, response: Response) -> Self {
         self.response = Some(Box::new(response));
+        self
+    }
+
+    /// Counts this connection's incoming message bytes against `budget`.
+    pub(crate) fn with_budget(mut self, budget: Option<Arc<MessageBudget>>) -> Self {
+        self.inner.budget = budget.map(|budget| Charge { budget, charged: 0 });
+        self.inner.settle_budget(now());
         self
     }
 

@@ -6,8 +6,9 @@
 //!
 //! * A compression bomb (10 MiB of zeros, deflated to about 10 KB) against a 1 MiB message
 //!   limit: closed with 1009, the peak heap growth while it is handled stays far below the
-//!   bomb's size, and the server keeps serving. Against the server (in one frame, or in
-//!   eight) and the client.
+//!   bomb's size, and the server keeps serving. Against the server (in one frame, in eight,
+//!   or all in the continuation after a two-byte first fragment) and the client. In a
+//!   control frame it is refused before inflating (RSV1 on a control frame is 1002, below).
 //! * Compressed and uncompressed messages interleaved on one connection, fragmented ones and a
 //!   Ping between fragments included.
 //! * Empty messages after other ones with context takeover (a regression): each is a
@@ -16,12 +17,10 @@
 //! * RSV1 without negotiated compression, on a continuation frame, or on a control frame:
 //!   closed with 1002.
 //!
-//! A counting global allocator measures the heap; the tests take turns (one lock) so that
-//! they do not disturb each other's measurements.
+//! A counting global allocator (`heap/mod.rs`) measures the heap; the tests take turns (one
+//! lock) so that they do not disturb each other's measurements.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tether::proto::deflate::DeflateParams;
@@ -34,6 +33,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::task::JoinHandle;
+
+mod heap;
+use heap::{peak_since, start_peak, SERIAL};
 
 /// Bounds every wait on a socket, so that a bug fails the test instead of hanging it.
 const GUARD: Duration = Duration::from_secs(20);
@@ -53,82 +55,6 @@ const PONG: u8 = 0xA;
 
 /// The mask the raw client puts on its frames.
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-
-// ---------------------------------------------------------------------------------------------
-// Heap accounting
-// ---------------------------------------------------------------------------------------------
-
-/// The system allocator, counting the bytes in use and their peak.
-struct Counting;
-
-static IN_USE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(bytes: usize) {
-    let now = IN_USE.fetch_add(bytes, Ordering::SeqCst) + bytes;
-    PEAK.fetch_max(now, Ordering::SeqCst);
-}
-
-fn shrank(bytes: usize) {
-    IN_USE.fetch_sub(bytes, Ordering::SeqCst);
-}
-
-// SAFETY: every method forwards to `System` with the arguments it was given, so the
-// allocator's contract is `System`'s; the counting only touches atomics and never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller upholds `alloc`'s contract (non-zero size), passed on unchanged.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` (through this allocator) with `layout`.
-        unsafe { System.dealloc(ptr, layout) };
-        shrank(layout.size());
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr` was allocated by `System` with `layout`; the caller upholds the rest.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            // Both blocks may exist for a moment: count the new one before freeing the old.
-            grew(new_size);
-            shrank(layout.size());
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// Starts a peak measurement: returns the bytes in use now, from which the peak counts.
-fn start_peak() -> usize {
-    let now = IN_USE.load(Ordering::SeqCst);
-    PEAK.store(now, Ordering::SeqCst);
-    now
-}
-
-/// The largest growth of the heap since [`start_peak`] returned `base`.
-fn peak_since(base: usize) -> usize {
-    PEAK.load(Ordering::SeqCst).saturating_sub(base)
-}
-
-/// The tests take turns, so that one test's allocations do not count in another's peak.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---------------------------------------------------------------------------------------------
 // Frames, by hand
@@ -579,29 +505,38 @@ fn bomb_frame(role: Role, params: DeflateParams) -> Vec<u8> {
     frame
 }
 
-/// Sends the bomb to tether's server (in one frame, or split into `fragments` frames) and
-/// checks the outcome: Close 1009, a heap that never grew by the bomb's size, a server still
-/// serving.
-async fn server_defuses_bomb(fragments: usize) {
+/// How the bomb's compressed payload is cut into frames.
+#[derive(Clone, Copy)]
+enum Split {
+    /// One frame.
+    Whole,
+    /// This many frames of about the same size.
+    Even(usize),
+    /// A first frame of this many bytes (too few to inflate to anything much), and the rest
+    /// of the bomb in one continuation frame.
+    Tail(usize),
+}
+
+/// Sends the bomb to tether's server (cut into frames as `split` says) and checks the
+/// outcome: Close 1009, a heap that never grew by the bomb's size, a server still serving.
+async fn server_defuses_bomb(split: Split) {
     let _turn = SERIAL.lock().await;
     let mut server = TestServer::start(limited()).await;
     let offer = DeflateConfig::default().client_offer();
     let (mut raw, extensions) = raw_client(server.addr, Some(&offer)).await;
     let params = client_params(extensions.as_deref());
     let frame = bomb_frame(Role::Client, params);
-    let bytes = if fragments == 1 {
-        frame
-    } else {
-        let payload = parse_frame(&frame).expect("the bomb frame").payload;
-        let step = payload.len().div_ceil(fragments);
-        let mut bytes = Vec::new();
-        for (i, chunk) in payload.chunks(step).enumerate() {
-            let last = (i + 1) * step >= payload.len();
-            let opcode = if i == 0 { BINARY } else { CONTINUATION };
-            bytes.extend(encode(last, i == 0, opcode, chunk, true));
-        }
-        bytes
+    let payload = parse_frame(&frame).expect("the bomb frame").payload;
+    let chunks: Vec<&[u8]> = match split {
+        Split::Whole => vec![&payload[..]],
+        Split::Even(n) => payload.chunks(payload.len().div_ceil(n)).collect(),
+        Split::Tail(first) => vec![&payload[..first], &payload[first..]],
     };
+    let mut bytes = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let opcode = if i == 0 { BINARY } else { CONTINUATION };
+        bytes.extend(encode(i + 1 == chunks.len(), i == 0, opcode, chunk, true));
+    }
 
     let base = start_peak();
     raw.send(&bytes).await;
@@ -633,12 +568,17 @@ async fn server_defuses_bomb(fragments: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_closes_compression_bomb_with_1009_without_inflating_it() {
-    server_defuses_bomb(1).await;
+    server_defuses_bomb(Split::Whole).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_closes_fragmented_compression_bomb_with_1009() {
-    server_defuses_bomb(8).await;
+    server_defuses_bomb(Split::Even(8)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_closes_compression_bomb_in_a_continuation_frame_with_1009() {
+    server_defuses_bomb(Split::Tail(2)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

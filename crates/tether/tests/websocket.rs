@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use tether::proto::Role;
 use tether::{
-    CloseFrame, Config, Error, Message, PeerClose, ProtocolError, Server, ServerConfig, WebSocket,
+    ClientBuilder, CloseFrame, Config, Error, Message, PeerClose, ProtocolError, Server,
+    ServerConfig, WebSocket,
 };
 use tokio::io::{
     duplex, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf,
@@ -69,11 +70,13 @@ where
     })
 }
 
-/// A loopback tether server echoing every message.
+/// Messages of the large-message tests: past the 1 MiB default limit, which they raise.
+const LARGE_LIMIT: usize = 4 << 20;
+
+/// A loopback tether server echoing every message, up to [`LARGE_LIMIT`] bytes.
 async fn tcp_echo_server() -> SocketAddr {
-    let srv = Server::bind("127.0.0.1:0", ServerConfig::default())
-        .await
-        .unwrap();
+    let config = ServerConfig::default().config(Config::default().max_message_size(LARGE_LIMIT));
+    let srv = Server::bind("127.0.0.1:0", config).await.unwrap();
     let addr = srv.local_addr().unwrap();
     tokio::spawn(srv.serve(|mut ws, _request| async move {
         while let Some(Ok(msg)) = ws.recv().await {
@@ -299,7 +302,7 @@ async fn duplex_text_and_binary_round_trip() {
 
 #[tokio::test]
 async fn duplex_large_messages_round_trip() {
-    let (mut c, s) = ws_pair(&quiet(), 64 << 10);
+    let (mut c, s) = ws_pair(&quiet().max_message_size(LARGE_LIMIT), 64 << 10);
     spawn_echo(s);
     let binary = Message::binary(big_binary((1 << 20) + 3));
     let text = Message::text(big_text(2 << 20));
@@ -337,7 +340,11 @@ async fn duplex_many_small_messages_keep_their_order() {
 #[tokio::test]
 async fn tcp_round_trips_through_server_and_connect() {
     let addr = tcp_echo_server().await;
-    let mut ws = tether::connect(&format!("ws://{addr}/")).await.unwrap();
+    let mut ws = ClientBuilder::new(format!("ws://{addr}/"))
+        .config(Config::default().max_message_size(LARGE_LIMIT))
+        .connect()
+        .await
+        .unwrap();
     for msg in [
         Message::text("over tcp"),
         Message::binary(vec![9u8; 10]),
