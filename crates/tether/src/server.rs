@@ -137,6 +137,7 @@ pub struct ServerConfig {
     process_request: Vec<Arc<ProcessRequest>>,
     head_limits: HeadLimits,
     max_handshakes: Option<usize>,
+    max_connections: Option<usize>,
     busy_retry_after: Duration,
     on_accept: Option<Arc<OnAccept>>,
     message_budget: Option<Arc<MessageBudget>>,
@@ -151,6 +152,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("tls", &self.tls.is_some())
             .field("hooks", &self.process_request.len())
             .field("max_handshakes", &self.max_handshakes)
+            .field("max_connections", &self.max_connections)
             .field("busy_retry_after", &self.busy_retry_after)
             .field("on_accept", &self.on_accept.is_some())
             .field("message_budget", &self.message_budget.as_ref().map(|b| b.limit()))
@@ -168,6 +170,7 @@ impl Default for ServerConfig {
             process_request: Vec::new(),
             head_limits: HeadLimits::default(),
             max_handshakes: None,
+            max_connections: None,
             busy_retry_after: Duration::from_secs(10),
             on_accept: None,
             message_budget: Some(Arc::new(MessageBudget::new(DEFAULT_MESSAGE_BUDGET))),
@@ -202,7 +205,21 @@ impl ServerConfig {
         self
     }
 
-    /// The longest `Retry-After` of a refusal by [`max_handshakes`](Self::max_handshakes):
+    /// A limit on the connections [`Server::serve`] holds at once: those in their opening
+    /// handshake (an idle TCP connection that never sends a byte counts until the open
+    /// timeout drops it) and the open WebSocket connections. A connection arriving at the
+    /// limit is refused at once, exactly as above the handshake limit (`503` with a random
+    /// `Retry-After` on plain TCP, closed before TLS otherwise), so that a flood of
+    /// connections costs the server a file descriptor for a moment each, not memory and not
+    /// its service to the clients it holds. Default: no limit (the process's file
+    /// descriptor limit is the bound).
+    pub fn max_connections(mut self, limit: Option<usize>) -> Self {
+        self.max_connections = limit;
+        self
+    }
+
+    /// The longest `Retry-After` of a refusal by [`max_handshakes`](Self::max_handshakes)
+    /// or [`max_connections`](Self::max_connections):
     /// each refusal asks for a whole number of seconds drawn uniformly from [1, this]
     /// (at least 1). Default: 10 s.
     pub fn busy_retry_after(mut self, max: Duration) -> Self {
@@ -554,7 +571,15 @@ pub struct Server {
     handle: ShutdownHandle,
     /// Opening handshakes in progress (for `ServerConfig::max_handshakes`).
     handshakes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections held, handshakes included (for `ServerConfig::max_connections`).
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Refusals being written (bounded by [`MAX_REFUSING`]).
+    refusing: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Most refusals (503 answers) written at once; past it, a refused connection is closed
+/// without an answer, so that a flood cannot hold descriptors through its refusals.
+const MAX_REFUSING: usize = 256;
 
 impl Server {
     /// Binds to `addr`.
@@ -573,6 +598,8 @@ impl Server {
                 signals: Arc::default(),
             },
             handshakes: Arc::default(),
+            connections: Arc::default(),
+            refusing: Arc::default(),
         }
     }
 
@@ -619,26 +646,46 @@ impl Server {
                     continue;
                 }
             }
+            let Some(held) = Admitted::try_new(&self.connections, self.config.max_connections)
+            else {
+                tracing::debug!(%peer, "busy: at the connection limit; refused");
+                self.refuse(&mut tasks, tcp, "too many connections");
+                continue;
+            };
             let Some(admitted) = Admitted::try_new(&self.handshakes, self.config.max_handshakes)
             else {
                 tracing::debug!(%peer, "busy: too many handshakes in progress; refused");
-                let (plain, retry_after) =
-                    (self.config.tls.is_none(), self.config.busy_retry_after);
-                tasks.spawn(refuse_busy(tcp, plain, retry_after));
+                self.refuse(&mut tasks, tcp, "too many handshakes in progress");
                 continue;
             };
             let config = self.config.clone();
             let handler = handler.clone();
             let handle = self.handle.clone();
             tasks.spawn(async move {
+                let _held = held;
                 // Boxed so that the handshake's state does not stay part of every
                 // connection task's size once the handler runs; and the handler's future is
                 // made inside a block, so that the opened connection (moved into it) leaves
                 // no slot of its own in this task for the connection's life.
-                let opened = Box::pin(open(tcp, &config, &handle)).await;
+                let deadline = Instant::now() + config.open_timeout;
+                // An idle connection holds no buffers until its first byte: until then it
+                // costs this task and its socket, and it is dropped at the open timeout (or
+                // at shutdown) like any handshake that does not finish.
+                let first = tokio::select! {
+                    r = timeout_at(deadline, tcp.readable()) => r.is_ok_and(|r| r.is_ok()),
+                    _ = handle.state.wait() => false,
+                };
+                if !first {
+                    tracing::debug!(%peer, "no byte before the open timeout (or shutdown)");
+                    return;
+                }
+                let opened = Box::pin(open(tcp, &config, &handle, deadline)).await;
                 drop(admitted);
                 let served = match opened {
-                    Ok(Some((ws, request))) => handler(ws, request),
+                    // Boxed: the handler's future (which holds the connection) is allocated
+                    // once the connection is open, so that a task still waiting for its
+                    // first byte does not reserve room for it.
+                    Ok(Some((ws, request))) => Box::pin(handler(ws, request)),
                     Ok(None) => return,
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "handshake failed");
@@ -661,6 +708,21 @@ impl Server {
             }
         }
         Ok(())
+    }
+}
+
+impl Server {
+    /// Refuses `tcp` with [`refuse_busy`] in a task of its own, or closes it at once when
+    /// [`MAX_REFUSING`] refusals are being written already.
+    fn refuse(&self, tasks: &mut JoinSet<()>, tcp: TcpStream, why: &'static str) {
+        let Some(place) = Admitted::try_new(&self.refusing, Some(MAX_REFUSING)) else {
+            return;
+        };
+        let (plain, retry_after) = (self.config.tls.is_none(), self.config.busy_retry_after);
+        tasks.spawn(async move {
+            refuse_busy(tcp, plain, retry_after, why).await;
+            drop(place);
+        });
     }
 }
 
@@ -688,17 +750,17 @@ impl Drop for Admitted {
     }
 }
 
-/// Refuses a connection above the handshake limit: on plain TCP, `503` with a random
+/// Refuses a connection above the handshake or connection limit (`why` says which): on plain TCP, `503` with a random
 /// `Retry-After` in [1, `retry_after`] seconds, written at once; then what the client sends
 /// is read and dropped for up to a second, so that closing does not reset the connection
 /// before the client read the answer. Over TLS, the connection is closed at once.
-async fn refuse_busy(mut tcp: TcpStream, plain: bool, retry_after: Duration) {
+async fn refuse_busy(mut tcp: TcpStream, plain: bool, retry_after: Duration, why: &str) {
     if !plain {
         return;
     }
     let most = retry_after.as_secs().max(1);
     let wait = 1 + (rand::random::<f64>() * most as f64) as u64;
-    let answer = HttpResponse::text(503, "server busy: too many handshakes in progress\n")
+    let answer = HttpResponse::text(503, format!("server busy: {why}\n"))
         .header("Retry-After", wait.min(most).to_string())
         .to_bytes();
     let drain = async {
@@ -716,8 +778,8 @@ async fn open(
     tcp: TcpStream,
     config: &ServerConfig,
     handle: &ShutdownHandle,
+    deadline: Instant,
 ) -> Result<Option<(WebSocket, Request)>> {
-    let deadline = Instant::now() + config.open_timeout;
     tcp.set_nodelay(true)?;
     let io = match &config.tls {
         None => MaybeTlsStream::Plain(tcp),

@@ -410,3 +410,217 @@ async fn the_message_budget_refuses_connections_past_it_with_1013_and_frees_on_c
     }
     assert_serving(addr, MESSAGE as usize, Config::default()).await;
 }
+
+/// Waits until the server closes `tcp`, reading and dropping anything it sends; returns when
+/// it did.
+async fn closed_by_server(mut tcp: TcpStream) -> tokio::time::Instant {
+    let mut sink = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(GUARD, tcp.read(&mut sink))
+            .await
+            .expect("the server closes within the guard time")
+        {
+            Ok(0) | Err(_) => return tokio::time::Instant::now(),
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_connections_are_closed_at_the_open_timeout_while_others_are_served() {
+    let _turn = SERIAL.lock().await;
+    const IDLE: usize = 1000;
+    const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+    let config = ServerConfig::default().open_timeout(OPEN_TIMEOUT);
+    let (addr, _ends) = server(config).await;
+    let before = in_use();
+    let started = tokio::time::Instant::now();
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    // Accepted in order: once this client is served, every idle one was accepted.
+    assert_serving(addr, 1000, Config::default()).await;
+    let per_connection = in_use().saturating_sub(before) / IDLE;
+    eprintln!("heap per idle connection (both ends): {per_connection} bytes");
+    assert!(
+        per_connection < 16 << 10,
+        "an idle connection costs {per_connection} bytes of heap"
+    );
+    let closed: Vec<_> = idle.into_iter().map(closed_by_server).collect();
+    let mut last = started;
+    for when in closed {
+        let when = when.await;
+        let after = when - started;
+        assert!(
+            after >= OPEN_TIMEOUT - Duration::from_millis(100),
+            "an idle connection was dropped after {after:?}, before the open timeout"
+        );
+        last = last.max(when);
+    }
+    let took = last - started;
+    eprintln!("{IDLE} idle connections all closed {took:?} after the first was opened");
+    assert!(
+        took < OPEN_TIMEOUT + Duration::from_secs(3),
+        "took {took:?}"
+    );
+    assert_serving(addr, 1000, Config::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_handshakes_are_closed_at_the_open_timeout() {
+    let _turn = SERIAL.lock().await;
+    const SLOW: usize = 300;
+    const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
+    let config = ServerConfig::default().open_timeout(OPEN_TIMEOUT);
+    let (addr, _ends) = server(config).await;
+    let request = ClientHandshake::new(
+        &ClientRequest {
+            host: addr.to_string(),
+            ..ClientRequest::default()
+        },
+        generate_key(),
+        HeadLimits::default(),
+    )
+    .request_bytes()
+    .to_vec();
+    let request = std::sync::Arc::new(request);
+    let started = tokio::time::Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..SLOW {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let request = std::sync::Arc::clone(&request);
+        slow.push(tokio::spawn(async move {
+            // One byte every 50 ms: the whole request would take about 10 s.
+            let (mut read, mut write) = tcp.into_split();
+            let trickle = async {
+                for b in request.iter() {
+                    if write.write_all(&[*b]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            let mut sink = [0u8; 1024];
+            let closed = async {
+                loop {
+                    match read.read(&mut sink).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => panic!("the server answered a slow request: {n} bytes"),
+                    }
+                }
+            };
+            tokio::select! {
+                () = closed => tokio::time::Instant::now(),
+                () = trickle => panic!("the server waited for the whole slow request"),
+            }
+        }));
+    }
+    // Meanwhile a well-behaved client is served.
+    assert_serving(addr, 1000, Config::default()).await;
+    for task in slow {
+        let when = tokio::time::timeout(GUARD, task)
+            .await
+            .expect("closed within the guard time")
+            .expect("the slow client task");
+        let after = when - started;
+        assert!(
+            after >= OPEN_TIMEOUT - Duration::from_millis(100)
+                && after < OPEN_TIMEOUT + Duration::from_secs(3),
+            "a slow handshake was closed after {after:?}, against a {OPEN_TIMEOUT:?} timeout"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_past_the_limit_is_refused_at_once_and_the_server_keeps_serving() {
+    let _turn = SERIAL.lock().await;
+    const LIMIT: usize = 50;
+    const FLOOD: usize = 500;
+    let config = ServerConfig::default()
+        .max_connections(Some(LIMIT))
+        .open_timeout(Duration::from_secs(60));
+    let (addr, mut ends) = server(config).await;
+    // The limit is held: by open connections and by idle ones still in their handshake.
+    let mut open = Vec::new();
+    for _ in 0..LIMIT / 2 {
+        let ws = ClientBuilder::new(format!("ws://{addr}/"))
+            .connect()
+            .await
+            .expect("under the limit");
+        open.push(ws);
+    }
+    let mut idle = Vec::new();
+    for _ in 0..LIMIT - LIMIT / 2 {
+        idle.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    // The flood: each connection past the limit gets its 503 at once.
+    let started = tokio::time::Instant::now();
+    for i in 0..FLOOD {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(GUARD, tcp.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "refusal {i} came within the guard time");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 503 ") && answer.contains("too many connections"),
+            "refusal {i}: {answer}"
+        );
+        let retry_after: u64 = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("Retry-After: "))
+            .expect("a Retry-After")
+            .trim()
+            .parse()
+            .expect("whole seconds");
+        assert!((1..=10).contains(&retry_after), "Retry-After {retry_after}");
+    }
+    let took = started.elapsed();
+    eprintln!("{FLOOD} connections past a limit of {LIMIT} refused in {took:?}");
+    // A well-behaved client is refused too, with a status its policy retries…
+    let refused = ClientBuilder::new(format!("ws://{addr}/"))
+        .connect()
+        .await
+        .expect_err("at the limit");
+    assert!(
+        matches!(&refused, tether::Error::Status(r) if r.status == 503),
+        "got {refused:?}"
+    );
+    // …while the connections held are still served.
+    for ws in &mut open {
+        ws.send("still here").await.expect("send");
+        let echo = tokio::time::timeout(GUARD, ws.recv()).await.expect("echo");
+        assert!(matches!(echo, Some(Ok(m)) if m == Message::text("still here")));
+    }
+    // Places come back as connections end: an open one closing, an idle one going away.
+    let mut first = open.pop().expect("an open connection");
+    first.close(1000, "").await.expect("close");
+    assert_eq!(next_end(&mut ends).await, Ended::Quietly(1));
+    drop(idle.pop());
+    let mut admitted = 0;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    let mut reconnected = Vec::new();
+    while admitted < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no place came back after connections ended"
+        );
+        match ClientBuilder::new(format!("ws://{addr}/")).connect().await {
+            Ok(ws) => {
+                admitted += 1;
+                reconnected.push(ws);
+            }
+            Err(tether::Error::Status(r)) if r.status == 503 => {
+                // The idle connection's end is noticed when its handshake read returns.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    // And exactly those two: the limit holds again.
+    let refused = ClientBuilder::new(format!("ws://{addr}/"))
+        .connect()
+        .await
+        .expect_err("at the limit again");
+    assert!(matches!(&refused, tether::Error::Status(r) if r.status == 503));
+}
