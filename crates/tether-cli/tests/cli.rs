@@ -790,6 +790,89 @@ fn serve_shuts_down_gracefully_on_ctrl_c() {
     assert_eq!(server.wait_exit(), 0);
 }
 
+/// SIGTERM while 1,000 clients are mid-traffic: each gets 1001 after a gap-free run of its
+/// echoes, and the process exits 0 within its close timeout.
+#[test]
+fn serve_closes_a_thousand_busy_clients_with_1001_on_sigterm() {
+    const CLIENTS: usize = 1000;
+    // The library's close timeout: 10 s.
+    let (mut server, port) = serve(&[]);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let (warm_tx, warm_rx) = channel();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let url = url.clone();
+            let warm = warm_tx.clone();
+            runtime.spawn(async move {
+                let mut ws = tether::connect(&url).await.expect("connect");
+                // Numbered messages every 250 ms (`serve` prints each one it receives: 4,000
+                // lines a second in all); the echoes must come back in order, without a gap,
+                // until the server's Close.
+                let mut next = 0u64;
+                let mut echoed = 0u64;
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            if ws.send(next.to_string()).await.is_err() {
+                                break;
+                            }
+                            next += 1;
+                        }
+                        msg = ws.recv() => match msg {
+                            Some(Ok(Message::Text(t))) => {
+                                assert_eq!(t.as_str(), echoed.to_string(), "echo {echoed}");
+                                echoed += 1;
+                                if echoed == 3 {
+                                    let _ = warm.send(());
+                                }
+                            }
+                            Some(Ok(other)) => panic!("unexpected {other:?}"),
+                            Some(Err(e)) => panic!("error before the close: {e}"),
+                            None => break,
+                        },
+                    }
+                }
+                // Whatever the server had not echoed when it closed is the tail it never
+                // read; the rest arrived.
+                while let Some(Ok(Message::Text(t))) = ws.recv().await {
+                    assert_eq!(t.as_str(), echoed.to_string(), "echo {echoed}");
+                    echoed += 1;
+                }
+                (ws.close_code(), echoed)
+            })
+        })
+        .collect();
+    for _ in 0..CLIENTS {
+        warm_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("every client gets echoes");
+    }
+    let pid = server.child.id().to_string();
+    let stopped = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert_eq!(server.wait_exit(), 0);
+    let took = stopped.elapsed();
+    eprintln!("`tether serve` with {CLIENTS} busy clients exited {took:?} after SIGTERM");
+    assert!(took < Duration::from_secs(10 + 3), "exit took {took:?}");
+    runtime.block_on(async {
+        for client in clients {
+            let (code, echoed) = client.await.expect("the client task");
+            assert_eq!(code, 1001, "every client gets 1001");
+            assert!(echoed >= 3);
+        }
+    });
+}
+
 // ----- demo -----
 
 #[test]

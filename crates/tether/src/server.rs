@@ -155,7 +155,10 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_connections", &self.max_connections)
             .field("busy_retry_after", &self.busy_retry_after)
             .field("on_accept", &self.on_accept.is_some())
-            .field("message_budget", &self.message_budget.as_ref().map(|b| b.limit()))
+            .field(
+                "message_budget",
+                &self.message_budget.as_ref().map(|b| b.limit()),
+            )
             .finish()
     }
 }
@@ -507,6 +510,8 @@ async fn reply<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) {
 #[derive(Debug, Default)]
 pub(crate) struct ShutdownState {
     set: AtomicBool,
+    /// The close code open connections get: 1001, or 1012 for a restart.
+    code: std::sync::atomic::AtomicU16,
     notify: Notify,
 }
 
@@ -523,9 +528,14 @@ impl ShutdownState {
         notified.await;
     }
 
-    fn trigger(&self) {
+    fn trigger(&self, code: u16) {
+        self.code.store(code, Ordering::Release);
         self.set.store(true, Ordering::Release);
         self.notify.notify_waiters();
+    }
+
+    fn code(&self) -> u16 {
+        self.code.load(Ordering::Acquire)
     }
 }
 
@@ -541,10 +551,25 @@ impl ShutdownHandle {
     /// connection with 1001 (going away). [`Server::serve`] returns once all connections
     /// ended (or after their close timeout).
     pub fn shutdown(&self) {
-        self.state.trigger();
+        self.stop(tether_proto::close_code::GOING_AWAY);
+    }
+
+    /// As [`shutdown`](Self::shutdown), but closes every open connection with 1012 (service
+    /// restart): the server is coming back (a deploy, a drained node), so clients reconnect
+    /// — tether's after their reconnect delay — and resumable sessions resume.
+    pub fn restart(&self) {
+        self.stop(tether_proto::close_code::SERVICE_RESTART);
+    }
+
+    fn stop(&self, code: u16) {
+        if self.state.is_set() {
+            // The first call decides the close code.
+            return;
+        }
+        self.state.trigger(code);
         let signals = self.signals.lock().unwrap_or_else(|e| e.into_inner());
         for s in signals.iter().filter_map(std::sync::Weak::upgrade) {
-            s.request();
+            s.request(code);
         }
     }
 }
@@ -806,7 +831,7 @@ async fn open(
         signals.push(Arc::downgrade(&signal));
     }
     if handle.state.is_set() {
-        signal.request();
+        signal.request(handle.state.code());
     }
     ws.set_close_signal(signal);
     Ok(Some((ws, request)))

@@ -174,7 +174,8 @@ fn now() -> std::time::Instant {
 /// reconnect loop reads it: 1013 asks to try again later).
 #[derive(Debug, Default)]
 pub(crate) struct CloseSignal {
-    requested: std::sync::atomic::AtomicBool,
+    /// The close code asked for (1001 or 1012); 0 until asked.
+    requested: std::sync::atomic::AtomicU16,
     waker: futures_util::task::AtomicWaker,
     /// The code of the peer's Close frame (1005 without one), 0 until the connection was
     /// dropped, or when no Close frame arrived.
@@ -182,15 +183,20 @@ pub(crate) struct CloseSignal {
 }
 
 impl CloseSignal {
-    /// Asks the connection to close with 1001 (going away).
-    pub(crate) fn request(&self) {
+    /// Asks the connection to close with `code`: 1001 (going away) or 1012 (service
+    /// restart).
+    pub(crate) fn request(&self, code: u16) {
         self.requested
-            .store(true, std::sync::atomic::Ordering::Release);
+            .store(code, std::sync::atomic::Ordering::Release);
         self.waker.wake();
     }
 
-    fn is_requested(&self) -> bool {
-        self.requested.load(std::sync::atomic::Ordering::Acquire)
+    /// The close code asked for, if any.
+    fn requested(&self) -> Option<u16> {
+        match self.requested.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            code => Some(code),
+        }
     }
 
     /// The peer's close code, once the connection was dropped after its Close arrived.
@@ -380,10 +386,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         // One clock read serves the whole poll.
         let now = now();
         if let Some(signal) = &self.close_signal {
-            if signal.is_requested() && self.proto.state() == State::Open {
-                let _ = self
-                    .proto
-                    .close(close_code::GOING_AWAY, "server shutting down", now);
+            if let Some(code) = signal
+                .requested()
+                .filter(|_| self.proto.state() == State::Open)
+            {
+                let reason = if code == close_code::SERVICE_RESTART {
+                    "server restarting"
+                } else {
+                    "server shutting down"
+                };
+                let _ = self.proto.close(code, reason, now);
                 return Poll::Ready(Ok(()));
             }
             signal.waker.register(cx.waker());

@@ -1,5 +1,6 @@
 //! Graceful shutdown under load: many clients mid-traffic when the server's
-//! `ShutdownHandle` fires. Every client must get the server's close code, every message the
+//! `ShutdownHandle` fires (`shutdown`, 1001, or `restart`, 1012; the two tests take turns).
+//! Every client must get the server's close code, every message the
 //! server's `send` accepted must arrive before that close, and `serve` must return within
 //! the close timeout.
 
@@ -18,6 +19,8 @@ const CLIENTS: usize = 1000;
 const WARM: usize = 3;
 /// The server's close timeout.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The tests take turns: each holds 2,000 sockets.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Bounds each wait on real sockets.
 const GUARD: Duration = Duration::from_secs(60);
 
@@ -74,6 +77,18 @@ struct Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_under_load_closes_every_client_with_1001_and_loses_nothing() {
+    under_load(tether::ShutdownHandle::shutdown, 1001).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_under_load_closes_every_client_with_1012_and_loses_nothing() {
+    under_load(tether::ShutdownHandle::restart, 1012).await;
+}
+
+/// Connects [`CLIENTS`] clients, lets traffic flow, stops the server with `stop`, and checks
+/// that every client got `code` after every message the server's `send` accepted.
+async fn under_load(stop: fn(&tether::ShutdownHandle), code: u16) {
+    let _turn = TURN.lock().await;
     let sent = Arc::new(Mutex::new(HashMap::new()));
     let (addr, handle, serve) = start(sent.clone()).await;
     let url = format!("ws://{addr}/");
@@ -110,7 +125,7 @@ async fn shutdown_under_load_closes_every_client_with_1001_and_loses_nothing() {
         }));
     }
     timeout(GUARD, all_warm.notified()).await.unwrap();
-    handle.shutdown();
+    stop(&handle);
     let served = timeout(CLOSE_TIMEOUT + Duration::from_secs(3), serve)
         .await
         .expect("serve returns within the close timeout");
@@ -119,7 +134,7 @@ async fn shutdown_under_load_closes_every_client_with_1001_and_loses_nothing() {
     let mut ids = Vec::new();
     for client in clients {
         let seen = timeout(GUARD, client).await.unwrap().unwrap();
-        assert_eq!(seen.code, 1001, "client {}: close code", seen.id);
+        assert_eq!(seen.code, code, "client {}: close code", seen.id);
         let want: Vec<usize> = (0..sent.get(&seen.id).copied().unwrap_or(0)).collect();
         assert_eq!(
             seen.numbers, want,
