@@ -235,9 +235,11 @@ impl ServerConfig {
     /// with this config): a connection whose growth takes the total past `bytes` fails with
     /// close code 1013 ("try again later"), which tether clients retry with their backoff.
     /// [`Config::max_message_size`] bounds one message; this bounds them all, so that a few
-    /// hundred clients each sending a large message slowly cannot take gigabytes. Uncompressed
-    /// messages that arrive whole in one read are not held and do not count; compressed ones
-    /// count while they are inflated. Clones of this config
+    /// hundred clients each sending a large message slowly cannot take gigabytes. What a
+    /// connection holds up to 64 KiB is not charged (so small messages, compressed or not,
+    /// always pass; the bound is this budget plus 64 KiB per connection, which
+    /// [`max_connections`](Self::max_connections) bounds in turn); uncompressed messages that
+    /// arrive whole in one read are not held at all. Clones of this config
     /// share one budget; `None` turns it off. Default: 256 MiB.
     pub fn message_budget(mut self, bytes: Option<usize>) -> Self {
         self.message_budget = bytes.map(|b| Arc::new(MessageBudget::new(b)));

@@ -225,7 +225,10 @@ impl<S> Drop for Inner<S> {
 
 /// A budget for the bytes of incoming messages being assembled, shared by the connections of
 /// one server: a connection whose next read would take the total past the limit fails with
-/// 1013 ("try again later") instead of growing the server without bound.
+/// 1013 ("try again later") instead of growing the server without bound. Each connection's
+/// first [`BUDGET_ALLOWANCE`] bytes are its own and not charged, so that the small messages
+/// of well-behaved clients (compressed ones are assembled too) pass while large ones are
+/// refused.
 #[derive(Debug)]
 pub(crate) struct MessageBudget {
     limit: usize,
@@ -243,13 +246,11 @@ impl MessageBudget {
     pub(crate) fn limit(&self) -> usize {
         self.limit
     }
-
-    /// Bytes charged now, by all connections.
-    #[cfg(test)]
-    pub(crate) fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
-    }
 }
+
+/// What a connection may hold of a message being assembled before it charges the shared
+/// budget: 64 KiB.
+const BUDGET_ALLOWANCE: usize = 64 << 10;
 
 /// What one connection has charged to a [`MessageBudget`]; given back when dropped.
 struct Charge {
@@ -444,13 +445,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         let Some(charge) = &mut self.budget else {
             return;
         };
-        if !charge.settle(self.proto.incoming_buffered()) {
+        let held = self.proto.incoming_buffered().saturating_sub(BUDGET_ALLOWANCE);
+        if !charge.settle(held) {
             tracing::debug!(
                 limit = charge.budget.limit(),
                 "incoming message budget used up: failing the connection with 1013"
             );
             self.proto.fail_with(ProtocolError::Overloaded, now);
-            charge.settle(self.proto.incoming_buffered());
+            charge.settle(
+                self.proto
+                    .incoming_buffered()
+                    .saturating_sub(BUDGET_ALLOWANCE),
+            );
         }
     }
 
