@@ -2,14 +2,17 @@
 //! and a server and, when told, breaks every connection it carries in one of the ways real
 //! networks do.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// How the proxy breaks the connections it carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +26,20 @@ pub(crate) enum Fault {
     MidFrame,
     /// Stop forwarding without closing anything: only keepalive can tell.
     Blackhole,
+    /// Forward every chunk, both ways, this long after it was read, in order (a long path);
+    /// the end of a stream is passed on after the same delay. Meant to be used alone: after
+    /// it, `Rst` and `Fin` act at once (chunks still waiting are lost) and `MidFrame` is not
+    /// applied. [`ChaosProxy::break_at_random`] never picks it.
+    Delay(Duration),
+    /// Keep forwarding one direction and silently drop the bytes of the other (a half-open
+    /// connection: one side's packets are lost); only keepalive can tell. As with
+    /// [`Fault::Blackhole`], the end of a stream still passes. `client_to_server` names the
+    /// direction that keeps flowing. [`ChaosProxy::break_at_random`] never picks it.
+    HalfOpen {
+        /// True: the client's bytes still reach the server and the server's are dropped;
+        /// false: the other way round.
+        client_to_server: bool,
+    },
 }
 
 /// The next connection accepted is reset after `bytes` bytes in the given direction (the
@@ -45,9 +62,14 @@ struct Control {
     conns: Mutex<Vec<watch::Sender<Option<Fault>>>>,
     handshake_cut: Mutex<Option<HandshakeCut>>,
     accepted: AtomicU64,
+    /// The accept loop, for [`ChaosProxy::stop`].
+    accept_task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// See [`ChaosProxy::hard_resets`].
+    hard_resets: std::sync::atomic::AtomicBool,
 }
 
-/// A running proxy. Dropping it does not stop it; the test's runtime does.
+/// A running proxy. Dropping it does not stop it; [`ChaosProxy::stop`] or the test's runtime
+/// does.
 #[derive(Clone)]
 pub(crate) struct ChaosProxy {
     addr: SocketAddr,
@@ -73,9 +95,11 @@ impl ChaosProxy {
             conns: Default::default(),
             handshake_cut: Default::default(),
             accepted: Default::default(),
+            accept_task: Default::default(),
+            hard_resets: std::sync::atomic::AtomicBool::new(true),
         });
         let ctl = Arc::clone(&control);
-        tokio::spawn(async move {
+        let accepting = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if ctl.down.load(Ordering::Relaxed) {
                     let _ = client.set_zero_linger();
@@ -101,6 +125,7 @@ impl ChaosProxy {
                 ctl.conns.lock().unwrap().retain(|c| !c.is_closed());
                 ctl.conns.lock().unwrap().push(fault_tx.clone());
                 let cut = ctl.handshake_cut.lock().unwrap().take();
+                let hard = ctl.hard_resets.load(Ordering::Relaxed);
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
                 let fault_tx = Arc::new(fault_tx);
@@ -110,6 +135,8 @@ impl ChaosProxy {
                     fault_rx.clone(),
                     Arc::clone(&fault_tx),
                     cut.filter(|c| c.from_client).map(|c| c.bytes),
+                    true,
+                    hard,
                 ));
                 tokio::spawn(pump(
                     server_read,
@@ -117,10 +144,32 @@ impl ChaosProxy {
                     fault_rx,
                     fault_tx,
                     cut.filter(|c| !c.from_client).map(|c| c.bytes),
+                    false,
+                    hard,
                 ));
             }
         });
+        *control.accept_task.lock().unwrap() = Some(accepting.abort_handle());
         Self { addr, control }
+    }
+
+    /// Stops the proxy: closes its listener (the accept loop ends) and resets every
+    /// connection still carried. The proxy's tasks and sockets are gone soon after.
+    pub(crate) fn stop(&self) {
+        if let Some(task) = self.control.accept_task.lock().unwrap().take() {
+            task.abort();
+        }
+        self.fault(Fault::Rst);
+    }
+
+    /// A reset (by [`Fault::Rst`], [`Fault::MidFrame`], a handshake cut or
+    /// [`ChaosProxy::stop`]) is an RST alone by default, as from a peer that crashes or a
+    /// middlebox that drops the flow. With `hard` unset, connections accepted from now on are
+    /// reset after a FIN (dropping tokio's `OwnedWriteHalf` shuts the write side down before
+    /// the socket closes with SO_LINGER 0), so the receiver reads an orderly end of stream
+    /// and the RST goes unnoticed.
+    pub(crate) fn hard_resets(&self, hard: bool) {
+        self.control.hard_resets.store(hard, Ordering::Relaxed);
     }
 
     /// Where clients connect.
@@ -160,21 +209,43 @@ fn reset(w: &OwnedWriteHalf) {
     let _ = AsRef::<TcpStream>::as_ref(w).set_zero_linger();
 }
 
-/// Forwards one direction until the source ends or a fault says otherwise.
+/// Resets the connection `w` writes to once its read half is dropped too; `hard`: without
+/// shutting the write side down first (see [`ChaosProxy::hard_resets`]).
+fn reset_and_drop(w: OwnedWriteHalf, hard: bool) {
+    reset(&w);
+    if hard {
+        w.forget();
+    }
+}
+
+/// Forwards one direction (`client_to_server` says which) until the source ends or a fault
+/// says otherwise.
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     mut fault: watch::Receiver<Option<Fault>>,
     all: Arc<watch::Sender<Option<Fault>>>,
     mut cut_after: Option<usize>,
+    client_to_server: bool,
+    hard: bool,
 ) {
     let mut buf = vec![0u8; 16 << 10];
     let mut blackholed = false;
+    // Fault::Delay: the delay, the chunks read and not yet due (in order), and when the end
+    // of the source, once read, is due.
+    let mut delay: Option<Duration> = None;
+    let mut due: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+    let mut end_due: Option<Instant> = None;
     loop {
+        let next_due = due.front().map(|(at, _)| *at).or(end_due);
         tokio::select! {
-            read = from.read(&mut buf) => {
+            read = from.read(&mut buf), if end_due.is_none() => {
                 let n = match read {
                     Ok(0) | Err(_) => {
+                        if let Some(d) = delay {
+                            end_due = Some(Instant::now() + d);
+                            continue;
+                        }
                         let _ = to.shutdown().await;
                         return;
                     }
@@ -183,12 +254,16 @@ async fn pump(
                 if blackholed {
                     continue;
                 }
+                if let Some(d) = delay {
+                    due.push_back((Instant::now() + d, buf[..n].to_vec()));
+                    continue;
+                }
                 let mid_frame = *fault.borrow() == Some(Fault::MidFrame);
                 if let Some(left) = cut_after {
                     let k = left.min(n);
                     let _ = to.write_all(&buf[..k]).await;
                     if k < n || left == n {
-                        reset(&to);
+                        reset_and_drop(to, hard);
                         let _ = all.send(Some(Fault::Rst));
                         return;
                     }
@@ -197,11 +272,26 @@ async fn pump(
                 }
                 if mid_frame && n >= 2 {
                     let _ = to.write_all(&buf[..n / 2]).await;
-                    reset(&to);
+                    reset_and_drop(to, hard);
                     let _ = all.send(Some(Fault::Rst));
                     return;
                 }
                 if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)),
+                if next_due.is_some() =>
+            {
+                let now = Instant::now();
+                while due.front().is_some_and(|(at, _)| *at <= now) {
+                    let Some((_, chunk)) = due.pop_front() else { break };
+                    if to.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                if due.is_empty() && end_due.is_some_and(|at| at <= now) {
+                    let _ = to.shutdown().await;
                     return;
                 }
             }
@@ -212,7 +302,7 @@ async fn pump(
                 let now = *fault.borrow_and_update();
                 match now {
                     Some(Fault::Rst) => {
-                        reset(&to);
+                        reset_and_drop(to, hard);
                         return;
                     }
                     Some(Fault::Fin) => {
@@ -220,6 +310,12 @@ async fn pump(
                         return;
                     }
                     Some(Fault::Blackhole) => blackholed = true,
+                    Some(Fault::Delay(d)) => delay = Some(d),
+                    Some(Fault::HalfOpen { client_to_server: flowing }) => {
+                        if flowing != client_to_server {
+                            blackholed = true;
+                        }
+                    }
                     Some(Fault::MidFrame) | None => {}
                 }
             }
