@@ -8,6 +8,7 @@
 //! and writes the report; see docs/benchmarks.md and `--help`. The same binary also serves
 //! as the server, load generator and client processes the orchestrator starts.
 
+mod abuse;
 mod args;
 mod broadcast;
 mod clients;
@@ -53,6 +54,8 @@ fn main() -> ExitCode {
         "idle" => load::idle(&args),
         "broadcast" => broadcast::load(&args),
         "deflate-load" => compress::load(&args),
+        "abuse" => abuse::main(&args),
+        "abuse-server" => abuse::server(&args),
         "storm" => storm::main(&args),
         "storm-server" => storm::server(&args),
         "storm-clients" => storm::clients(&args),
