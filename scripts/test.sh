@@ -6,7 +6,8 @@
 #      apt-get; needs root) and playwright-core (`npm ci` in crates/tether/tests/browser);
 #      node itself (>= 20) must be there already;
 #   3. redis-server (Debian's, with apt-get) for the many-node tests, installed if missing;
-#      each of those tests runs its own instance on a free port and stops it;
+#      each of those tests runs its own instance on a free port and stops it; tinyproxy and
+#      microsocks (Debian's) for the proxy tests, the same way;
 #   4. cargo test --workspace (the interop tests find Python through TETHER_PYTHON, Redis
 #      through TETHER_REDIS_SERVER);
 #   5. the Autobahn test suite against the release examples: server role (tether's own server
@@ -211,6 +212,27 @@ else
     fi
 fi
 export TETHER_REDIS_SERVER="$REDIS_SERVER"
+
+# --- 3b. Proxies for the network-path tests ---------------------------------------------------
+# tinyproxy (HTTP CONNECT) and microsocks (SOCKS5), from Debian. Each proxy test starts its own
+# in the foreground on a free port and stops it; like Redis, they fail (never skip) without.
+TINYPROXY=/usr/bin/tinyproxy
+MICROSOCKS=/usr/bin/microsocks
+
+section "Proxies (tinyproxy, microsocks)"
+missing_proxies=()
+[[ -x "$TINYPROXY" ]] || missing_proxies+=(tinyproxy)
+[[ -x "$MICROSOCKS" ]] || missing_proxies+=(microsocks)
+if [[ ${#missing_proxies[@]} -eq 0 ]]; then
+    echo "already installed: $("$TINYPROXY" -v 2>&1 | head -n1), microsocks"
+else
+    echo "installing ${missing_proxies[*]} (apt-get)"
+    if ! apt_install "${missing_proxies[@]}" || [[ ! -x "$TINYPROXY" || ! -x "$MICROSOCKS" ]]; then
+        echo "could not install ${missing_proxies[*]}: the proxy tests will fail" >&2
+    fi
+fi
+# The Debian package starts a system tinyproxy on port 8888; the tests do not use it.
+export TETHER_TINYPROXY="$TINYPROXY" TETHER_MICROSOCKS="$MICROSOCKS"
 
 # --- 4. cargo test -------------------------------------------------------------------------
 # --no-fail-fast: a failing test binary does not hide the results of the others.

@@ -182,6 +182,23 @@ pub(crate) struct ConnectArgs {
     /// wss://: also trust the CA certificates in this PEM file.
     #[arg(long, value_name = "FILE")]
     pub(crate) ca: Option<PathBuf>,
+
+    /// Connect through this proxy: http://, https://, socks5:// or socks5h://, with
+    /// user:password@ for authentication. [default: the proxy the environment names:
+    /// no_proxy, then wss_proxy/https_proxy/all_proxy for wss://, ws_proxy/http_proxy/
+    /// all_proxy for ws://]
+    #[arg(long, value_name = "URL", conflicts_with = "no_proxy")]
+    pub(crate) proxy: Option<String>,
+
+    /// Connect directly, ignoring the proxy environment variables.
+    #[arg(long)]
+    pub(crate) no_proxy: bool,
+
+    /// Connect over the Unix domain socket PATH instead of TCP; the URL still names the
+    /// scheme, the Host header and the resource (and for wss:// the certificate's name), e.g.
+    /// `tether connect ws://localhost/chat --unix /run/app.sock`. No proxy is used.
+    #[arg(long, value_name = "PATH", conflicts_with = "proxy")]
+    pub(crate) unix: Option<PathBuf>,
 }
 
 /// Flags of `tether serve`.
@@ -191,11 +208,18 @@ Every message received is sent back to its sender (echo), or with --broadcast to
 connected at that moment, the sender included. GET /healthz answers 200 \"ok\" over plain HTTP,
 without authentication. Ctrl-C (or SIGTERM) closes every connection with 1001 and exits 0.
 The first line on stderr is `listening on ws://ADDR:PORT` with the port actually bound, so
-`tether serve 127.0.0.1:0` picks a free port and says which.")]
+`tether serve 127.0.0.1:0` picks a free port and says which; with --unix PATH it is
+`listening on unix:PATH` (clients: `tether connect ws://localhost/ --unix PATH`).")]
 pub(crate) struct ServeArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(default_value = "127.0.0.1:8765")]
     pub(crate) addr: String,
+
+    /// Listen on the Unix domain socket PATH instead of ADDR. A stale socket file there (one
+    /// nobody listens on) is replaced; anything else at PATH is an error. The file is
+    /// removed on exit.
+    #[arg(long, value_name = "PATH", conflicts_with = "addr")]
+    pub(crate) unix: Option<PathBuf>,
 
     /// Relay each message to every connected client, the sender included, instead of echoing.
     #[arg(long)]
@@ -238,6 +262,11 @@ pub(crate) struct ServeArgs {
 /// A `ws://` or `wss://` URL with a host and no fragment.
 fn parse_ws_url(s: &str) -> Result<Url, String> {
     let url = Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
+    if let Some(scheme @ ("ws" | "wss")) = url.scheme().strip_suffix("+unix") {
+        return Err(format!(
+            "use a {scheme}:// URL with --unix PATH (e.g. {scheme}://localhost/ --unix /run/app.sock)"
+        ));
+    }
     if !matches!(url.scheme(), "ws" | "wss") {
         return Err(format!(
             "the scheme is {}, not ws or wss (use ws://… or wss://…)",
@@ -343,6 +372,8 @@ mod tests {
         assert!(parse_ws_url("http://x").is_err());
         assert!(parse_ws_url("x").is_err());
         assert!(parse_ws_url("ws://x/#frag").is_err());
+        let unix = parse_ws_url("ws+unix:///run/app.sock:/").unwrap_err();
+        assert!(unix.contains("--unix"), "{unix}");
     }
 
     #[test]

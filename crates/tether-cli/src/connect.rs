@@ -163,6 +163,14 @@ fn client_builder(args: &ConnectArgs) -> Result<ClientBuilder, String> {
     if args.insecure {
         tls = tls.danger_accept_invalid_certs();
     }
+    if let Some(proxy) = &args.proxy {
+        builder = builder.proxy(proxy);
+    } else if args.no_proxy {
+        builder = builder.no_proxy();
+    }
+    if let Some(path) = &args.unix {
+        builder = builder.unix_socket(path);
+    }
     Ok(builder.tls(tls))
 }
 

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{IsTerminal as _, Write as _};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +14,8 @@ use serde_json::{json, Value};
 use tether::redis::{RedisStore, RedisTopic};
 use tether::session::{Overflow, SessionEvent, SessionHandle, SessionServer, SessionServerConfig};
 use tether::{
-    HttpResponse, Message, PreparedMessage, Server, ServerConfig, ShutdownHandle, WebSocket,
+    HttpResponse, Message, PeerAddr, PreparedMessage, Server, ServerConfig, ShutdownHandle,
+    WebSocket,
 };
 use tokio::sync::mpsc;
 
@@ -70,23 +70,41 @@ pub(crate) async fn run(args: ServeArgs) -> i32 {
     if let Some(sessions) = &sessions {
         config = sessions.server_config(config);
     }
-    let server = match Server::bind(args.addr.as_str(), config).await {
+    let scheme = if secure { "wss" } else { "ws" };
+    let bound = match &args.unix {
+        Some(path) => Server::bind_unix(path, config).await,
+        None => Server::bind(args.addr.as_str(), config).await,
+    };
+    let server = match bound {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("tether serve: cannot listen on {}: {e}", args.addr);
+            let place = match &args.unix {
+                Some(path) => format!("unix:{}", path.display()),
+                None => args.addr.clone(),
+            };
+            eprintln!("tether serve: cannot listen on {place}: {e}");
             return EXIT_FATAL;
         }
     };
-    let url = match server.local_addr() {
-        Ok(addr) => format!("{}://{addr}", if secure { "wss" } else { "ws" }),
-        Err(e) => {
-            eprintln!("tether serve: {e}");
-            return EXIT_FATAL;
-        }
-    };
-    // Always on stderr, whatever the output mode: scripts read the port from this line.
-    log.always(&format!("listening on {url}"));
-    log.event(json!({"event": "listening", "url": url}));
+    if let Some(path) = &args.unix {
+        // Always on stderr, whatever the output mode: scripts wait for this line. The URL is
+        // what clients give with `--unix PATH`.
+        log.always(&format!("listening on unix:{}", path.display()));
+        let url = format!("{scheme}://localhost/");
+        let unix = path.display().to_string();
+        log.event(json!({"event": "listening", "url": url, "unix": unix}));
+    } else {
+        let url = match server.local_addr() {
+            Ok(addr) => format!("{scheme}://{addr}"),
+            Err(e) => {
+                eprintln!("tether serve: {e}");
+                return EXIT_FATAL;
+            }
+        };
+        // Always on stderr, whatever the output mode: scripts read the port from this line.
+        log.always(&format!("listening on {url}"));
+        log.event(json!({"event": "listening", "url": url}));
+    }
     tokio::spawn(shutdown_on_signal(server.shutdown_handle(), log.clone()));
 
     let peers: Peers = Arc::default();
@@ -95,8 +113,8 @@ pub(crate) async fn run(args: ServeArgs) -> i32 {
     let result = server
         .serve(move |ws, request| -> BoxedConnection {
             let log = log.clone();
-            let peer = ws.get_ref().tcp().peer_addr().ok();
-            log.connection(peer, &request.path);
+            let peer = ws.get_ref().peer_addr().ok();
+            log.connection(peer.as_ref(), &request.path);
             if let Some(sessions) = &sessions {
                 // The session's future owns the connection: nothing else keeps a slot for
                 // it while it runs.
@@ -115,7 +133,7 @@ pub(crate) async fn run(args: ServeArgs) -> i32 {
                 } else {
                     echo(&mut ws, &log).await;
                 }
-                log.closed(peer, &ws);
+                log.closed(peer.as_ref(), &ws);
             })
         })
         .await;
@@ -397,7 +415,7 @@ impl Log {
         }
     }
 
-    fn connection(&self, peer: Option<SocketAddr>, path: &str) {
+    fn connection(&self, peer: Option<&PeerAddr>, path: &str) {
         let peer = peer.map(|p| p.to_string());
         self.event(json!({"event": "connection", "peer": peer, "path": path}));
         self.status(&format!(
@@ -436,7 +454,7 @@ impl Log {
         self.status(&format!("session {id} {state}"));
     }
 
-    fn closed(&self, peer: Option<SocketAddr>, ws: &WebSocket) {
+    fn closed(&self, peer: Option<&PeerAddr>, ws: &WebSocket) {
         let peer = peer.map(|p| p.to_string());
         let code = ws.close_code();
         self.event(json!({"event": "closed", "peer": peer, "code": code}));

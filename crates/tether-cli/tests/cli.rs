@@ -12,6 +12,11 @@ use serde_json::Value;
 use tether::{Message, ServerConfig};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+/// tinyproxy and microsocks of the test's own (the library's test helper).
+#[path = "../../tether/tests/support/proxies.rs"]
+#[allow(dead_code)]
+mod proxies;
+
 /// A redis-server of the test's own (the library's test helper).
 #[path = "../../tether/tests/support/redis.rs"]
 #[allow(dead_code)]
@@ -55,7 +60,25 @@ impl Proc {
     }
 
     fn spawn_with(args: &[&str], stdin: Stdio) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        Self::spawn_env(args, stdin, &[])
+    }
+
+    /// As [`spawn_with`](Self::spawn_with), with these environment variables set (and the
+    /// proxy variables of the test's own environment removed).
+    fn spawn_env(args: &[&str], stdin: Stdio, env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
+        for var in [
+            "ws_proxy",
+            "wss_proxy",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+            "no_proxy",
+        ] {
+            command.env_remove(var).env_remove(var.to_ascii_uppercase());
+        }
+        command.envs(env.iter().copied());
+        let mut child = command
             .args(args)
             .stdin(stdin)
             .stdout(Stdio::piped())
@@ -873,6 +896,49 @@ fn serve_closes_a_thousand_busy_clients_with_1001_on_sigterm() {
     });
 }
 
+/// `--proxy` goes through the proxy given, the environment's proxy is used by default, and
+/// `--no-proxy` ignores it; microsocks wants a password, so a wrong one proves which proxy
+/// (and which credentials) an attempt used.
+#[test]
+fn connect_uses_the_proxy_given_or_the_environments_unless_told_not_to() {
+    let (_server, port) = serve(&[]);
+    let socks = proxies::ProxyProcess::microsocks(Some(("cli", "pw")));
+    let url = format!("ws://127.0.0.1:{port}/");
+    let good = format!("socks5h://cli:pw@127.0.0.1:{}", socks.port());
+    let bad = format!("socks5://cli:wrong@127.0.0.1:{}", socks.port());
+    let round_trip = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = vec!["connect", url.as_str(), "--json"];
+        all.extend_from_slice(args);
+        let mut client = Proc::spawn_env(&all, Stdio::piped(), env);
+        client.write("via\n");
+        client.close_stdin();
+        client.expect_event("connecting");
+        client.expect_event("open");
+        assert_eq!(
+            client.expect_event("message")["data"],
+            "via",
+            "{args:?} {env:?}"
+        );
+        assert_eq!(client.wait_exit(), 0, "{args:?} {env:?}");
+    };
+    round_trip(&["--proxy", &good], &[]);
+    round_trip(&[], &[("ws_proxy", &good)]);
+    round_trip(&["--no-proxy"], &[("ws_proxy", &bad)]);
+    round_trip(&["--proxy", &good], &[("ALL_PROXY", &bad)]);
+    // The environment's proxy with the wrong password: fatal at the first attempt, even with
+    // --reconnect.
+    let mut client = Proc::spawn_env(
+        &["connect", &url, "--json", "--reconnect"],
+        Stdio::null(),
+        &[("ws_proxy", &bad)],
+    );
+    client.expect_event("connecting");
+    let fatal = client.expect_event("fatal");
+    assert_eq!(fatal["attempt"], 1);
+    assert_eq!(fatal["error"]["kind"], "proxy");
+    assert_eq!(client.wait_exit(), 1);
+}
+
 // ----- demo -----
 
 #[test]
@@ -1362,4 +1428,161 @@ fn broadcast_reaches_the_sessions_of_every_serve_process_through_redis() {
         .filter(|l| l.contains("\"message\""))
         .collect();
     assert!(rest.is_empty(), "nothing twice: {rest:?}");
+}
+
+// ----- Unix domain sockets -----
+
+#[cfg(unix)]
+mod unix_socket {
+    use super::*;
+
+    /// A directory of the test's own (socket paths must be short), removed at the end.
+    struct SocketDir(std::path::PathBuf);
+
+    impl SocketDir {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("tether-cli-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            Self(dir)
+        }
+
+        fn path(&self, name: &str) -> String {
+            self.0.join(name).to_string_lossy().into_owned()
+        }
+    }
+
+    impl Drop for SocketDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// `tether serve --unix PATH --json ARGS`, once it says it listens.
+    fn serve_unix(path: &str, args: &[&str]) -> Proc {
+        let mut all = vec!["serve", "--unix", path, "--json"];
+        all.extend_from_slice(args);
+        let mut server = Proc::spawn(&all);
+        assert_eq!(
+            server.wait_stderr("listening on "),
+            format!("listening on unix:{path}")
+        );
+        let listening = server.expect_event("listening");
+        assert_eq!(listening["unix"], path);
+        server
+    }
+
+    #[test]
+    fn serve_and_connect_over_a_unix_socket_exchange_lines_both_ways() {
+        let dir = SocketDir::new("unix");
+        let path = dir.path("echo.sock");
+        let mut server = serve_unix(&path, &[]);
+        let mut client =
+            Proc::spawn(&["connect", "ws://localhost/chat", "--unix", &path, "--json"]);
+        assert_eq!(
+            client.expect_event("connecting")["url"],
+            "ws://localhost/chat"
+        );
+        client.expect_event("open");
+        let connection = server.expect_event("connection");
+        assert_eq!(connection["path"], "/chat");
+        assert_eq!(connection["peer"], "unix:");
+        for line in ["hello over a socket", "and a second line"] {
+            client.write(&format!("{line}\n"));
+            // The line reached the server, and its echo came back to the client.
+            assert_eq!(server.expect_event("message")["data"], line);
+            let back = client.expect_event("message");
+            assert_eq!(
+                (&back["kind"], &back["data"]),
+                (&"text".into(), &line.into())
+            );
+        }
+        client.close_stdin();
+        assert_eq!(client.expect_event("closed")["code"], 1000);
+        assert_eq!(client.wait_exit(), 0);
+        let closed = server.expect_event("closed");
+        assert_eq!(
+            (&closed["code"], &closed["peer"]),
+            (&1000.into(), &"unix:".into())
+        );
+
+        // SIGTERM: the graceful shutdown, and the socket file goes with the server.
+        let pid = server.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        assert_eq!(server.wait_exit(), 0);
+        assert!(
+            !std::path::Path::new(&path).exists(),
+            "the socket file is removed"
+        );
+    }
+
+    #[test]
+    fn serve_unix_replaces_a_stale_socket_but_not_a_live_one_nor_a_file() {
+        let dir = SocketDir::new("unix-stale");
+        let path = dir.path("stale.sock");
+        let first = serve_unix(&path, &[]);
+        // A second server on the same path: refused, the first keeps it.
+        let mut second = Proc::spawn(&["serve", "--unix", &path]);
+        let refused = second.wait_stderr("cannot listen on");
+        assert!(
+            refused.contains(&format!("unix:{path}")) && refused.contains("listens"),
+            "{refused}"
+        );
+        assert_eq!(second.wait_exit(), 1);
+        // Killed (no cleanup): the socket file stays, stale; the next server replaces it.
+        drop(first);
+        assert!(std::path::Path::new(&path).exists());
+        let _third = serve_unix(&path, &[]);
+        let mut client = Proc::spawn(&["connect", "ws://localhost/", "--unix", &path, "--json"]);
+        client.write("still served\n");
+        client.expect_event("connecting");
+        client.expect_event("open");
+        assert_eq!(client.expect_event("message")["data"], "still served");
+        assert_eq!(client.wait_exit(), 0);
+
+        let file = dir.path("precious.txt");
+        std::fs::write(&file, "keep me").expect("write");
+        let mut refused = Proc::spawn(&["serve", "--unix", &file]);
+        assert!(refused
+            .wait_stderr("cannot listen on")
+            .contains("not a socket"));
+        assert_eq!(refused.wait_exit(), 1);
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), "keep me");
+    }
+
+    #[test]
+    fn unix_flags_misused_are_usage_errors_and_a_missing_socket_is_fatal() {
+        let dir = SocketDir::new("unix-usage");
+        let path = dir.path("none.sock");
+        let unix_url = format!("ws+unix://{path}:/");
+        for args in [
+            vec!["serve", "127.0.0.1:0", "--unix", &path],
+            vec!["connect", &unix_url],
+            vec![
+                "connect",
+                "ws://localhost/",
+                "--unix",
+                &path,
+                "--proxy",
+                "http://127.0.0.1:9",
+            ],
+        ] {
+            let mut proc = Proc::spawn_with(&args, Stdio::null());
+            assert_eq!(proc.wait_exit(), 2, "{args:?}");
+            assert!(proc.rest_of_stdout().is_empty(), "{args:?}");
+        }
+        let mut hint = Proc::spawn_with(&["connect", &unix_url], Stdio::null());
+        assert!(hint.wait_stderr("--unix").contains("ws://"));
+        assert!(!std::path::Path::new(&path).exists(), "nothing was bound");
+
+        let mut client = Proc::spawn(&["connect", "ws://localhost/", "--unix", &path, "--json"]);
+        client.expect_event("connecting");
+        let fatal = client.expect_event("fatal");
+        assert_eq!(fatal["error"]["kind"], "io", "{fatal}");
+        assert_eq!(client.wait_exit(), 1);
+    }
 }

@@ -1,17 +1,19 @@
-//! Opening client connections: URL, TCP, proxy, TLS, upgrade, redirects.
+//! Opening client connections: URL, TCP (or a Unix domain socket), proxy, TLS, upgrade,
+//! redirects.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::Engine as _;
 use tether_proto::handshake::{self, ClientHandshake, ClientRequest, HeadLimits, Response};
 use tether_proto::Role;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use url::Url;
 
 use crate::config::Config;
-use crate::error::{Error, Phase, ProxyError, RedirectError, Result};
+use crate::error::{Error, Phase, RedirectError, Result};
+use crate::happy;
+use crate::proxy::{self, Proxy, Tunnel};
 use crate::stream::MaybeTlsStream;
 use crate::tls::{server_name, TlsConfig};
 use crate::websocket::WebSocket;
@@ -174,18 +176,22 @@ pub struct ClientBuilder {
     open_timeout: Duration,
     pub(crate) config: Config,
     tls: TlsConfig,
-    proxy: Option<String>,
+    happy_eyeballs_delay: Duration,
+    proxy: ProxyChoice,
     max_redirects: usize,
     head_limits: HeadLimits,
     /// Why the request this builder came from cannot be sent (see [`IntoClientRequest`]).
     request_error: Option<String>,
+    /// Connect over this Unix domain socket instead of TCP ([`ClientBuilder::unix_socket`]).
+    unix_socket: Option<PathBuf>,
 }
 
 impl ClientBuilder {
     /// Settings for connecting to `target` (a URL, or an `http::Request` whose headers come
     /// along: see [`IntoClientRequest`]), all else default: no extra headers, no
     /// subprotocol, `User-Agent: tether/VERSION`, open timeout 10 s, up to 10 redirects, the
-    /// default [`Config`] and [`TlsConfig`], no proxy.
+    /// default [`Config`] and [`TlsConfig`], the proxy the environment names (see
+    /// [`proxy`](Self::proxy)).
     pub fn new(target: impl IntoClientRequest) -> Self {
         target.into_client_builder()
     }
@@ -200,10 +206,12 @@ impl ClientBuilder {
             open_timeout: Duration::from_secs(10),
             config: Config::default(),
             tls: TlsConfig::default(),
-            proxy: None,
+            happy_eyeballs_delay: happy::DEFAULT_DELAY,
+            proxy: ProxyChoice::Environment,
             max_redirects: 10,
             head_limits: HeadLimits::default(),
             request_error: None,
+            unix_socket: None,
         }
     }
 
@@ -267,24 +275,70 @@ impl ClientBuilder {
         self
     }
 
-    /// Tunnel through an HTTP proxy with CONNECT, e.g. `http://user:pass@proxy:3128`.
+    /// Connect through this proxy, whatever the environment says: `http://` (CONNECT),
+    /// `https://` (TLS to the proxy, verified with [`tls`](Self::tls)'s roots, then CONNECT),
+    /// `socks5://` (the server's name resolved here) or `socks5h://` (resolved by the proxy),
+    /// each with optional `user:password@`; e.g. `socks5h://user:pass@proxy:1080`. Without a
+    /// scheme, `http://` is meant.
+    ///
+    /// By default the environment decides, read again for every attempt (so that a changed
+    /// environment applies to the next reconnect): `no_proxy` first, then for `wss://` the
+    /// first of `wss_proxy`, `https_proxy`, `all_proxy`, for `ws://` the first of
+    /// `ws_proxy`, `http_proxy`, `all_proxy` (lower case first, then upper case), as curl and
+    /// Python `websockets` do. See `docs/proxies.md` for `no_proxy`'s rules.
     pub fn proxy(mut self, proxy: impl Into<String>) -> Self {
-        self.proxy = Some(proxy.into());
+        self.proxy = ProxyChoice::Url(proxy.into());
         self
     }
 
-    /// Use the proxy named by `HTTPS_PROXY` (for `wss://`) or `HTTP_PROXY` (for `ws://`), or
-    /// their lower-case forms, unless `NO_PROXY` names the host.
+    /// Happy Eyeballs (RFC 8305): when the server's name (or a proxy's) resolves to several
+    /// addresses, they are tried in turn, alternating IPv6 and IPv4 from the resolver's first,
+    /// each `delay` after the previous one started (or at once when it failed), and the first
+    /// to connect wins; the open timeout covers all of them, so an address that does not
+    /// answer costs `delay`, not the whole timeout. `Duration::ZERO` starts them all at once;
+    /// `Duration::MAX` tries one at a time. Default: 250 ms (the RFC's).
+    pub fn happy_eyeballs_delay(mut self, delay: Duration) -> Self {
+        self.happy_eyeballs_delay = delay;
+        self
+    }
+
+    /// Connect directly, even when the environment names a proxy.
+    pub fn no_proxy(mut self) -> Self {
+        self.proxy = ProxyChoice::Direct;
+        self
+    }
+
+    /// Use the proxy the environment names (the default; see [`proxy`](Self::proxy)): undoes
+    /// [`proxy`](Self::proxy) and [`no_proxy`](Self::no_proxy).
     pub fn proxy_from_env(mut self) -> Self {
-        if let Ok(target) = Target::parse(&self.url) {
-            self.proxy = proxy_from_env(&target);
-        }
+        self.proxy = ProxyChoice::Environment;
         self
     }
 
     /// Most redirects (301, 302, 303, 307, 308) followed; 0 follows none. Default: 10.
     pub fn max_redirects(mut self, max: usize) -> Self {
         self.max_redirects = max;
+        self
+    }
+
+    /// Connect over the Unix domain socket `path` instead of TCP, while the URL (`ws://` or
+    /// `wss://`) still names the scheme, the `Host` header, the resource and, for `wss://`,
+    /// the name the server's certificate must have: `ws://localhost/feed` over
+    /// `/run/app.sock` sends `GET /feed` with `Host: localhost` (curl's `--unix-socket` does
+    /// the same). The URL's port is not used. Applies to every attempt, reconnects and
+    /// sessions included; it replaces the socket of a `ws+unix://` URL. Proxies are not used
+    /// over a Unix socket, and redirects are followed only while they stay on the URL's
+    /// origin (scheme, host and port), over the same socket; any other is
+    /// [`RedirectError::Forbidden`].
+    ///
+    /// Without this, a URL `ws+unix:///path/to.sock:/resource` (or `wss+unix://`) connects
+    /// over `/path/to.sock` with `Host: localhost`: the socket path, then `:` and the
+    /// resource (`/` when there is none; a path with `:` in it is written with `%3A`).
+    ///
+    /// Unix domain sockets exist on Unix only: elsewhere connecting fails with an
+    /// [`Error::Io`] of kind [`std::io::ErrorKind::Unsupported`]. Default: TCP.
+    pub fn unix_socket(mut self, path: impl AsRef<Path>) -> Self {
+        self.unix_socket = Some(path.as_ref().to_owned());
         self
     }
 
@@ -306,6 +360,9 @@ impl ClientBuilder {
             return Err(Error::InvalidUri(reason.clone()));
         }
         let mut target = Target::parse(url)?;
+        if let Some(path) = &self.unix_socket {
+            target.unix = Some(path.clone());
+        }
         let mut headers = headers.to_vec();
         let mut visited = vec![target.url.to_string()];
         let mut hops = 0;
@@ -345,29 +402,96 @@ impl ClientBuilder {
         headers: &[(String, String)],
     ) -> Result<WebSocket> {
         let deadline = Instant::now() + self.open_timeout;
-        let tcp = match &self.proxy {
-            None => timeout_at(
-                deadline,
-                TcpStream::connect((target.host.as_str(), target.port)),
-            )
-            .await
-            .map_err(|_| Error::Timeout(Phase::Connect))??,
-            Some(proxy) => connect_via_proxy(proxy, target, deadline).await?,
-        };
-        // Small frames must not wait for Nagle's algorithm.
-        tcp.set_nodelay(true)?;
-        let io = if target.secure {
-            let config = self.tls.client_config().map_err(Error::Tls)?;
-            let name = server_name(&target.host).map_err(Error::Tls)?;
-            let connector = tokio_rustls::TlsConnector::from(config);
-            let tls = timeout_at(deadline, connector.connect(name, tcp))
+        if let Some(path) = &target.unix {
+            // A Unix domain socket is connected to directly: proxies are for TCP.
+            let io = self.open_unix(path, target, deadline).await?;
+            return self.upgrade(io, target, headers, deadline).await;
+        }
+        let tunnel = match self.proxy_for(target)? {
+            None => {
+                // Every address the name resolves to, raced (RFC 8305), within the deadline.
+                let tcp = timeout_at(
+                    deadline,
+                    happy::connect(&target.host, target.port, self.happy_eyeballs_delay),
+                )
                 .await
-                .map_err(|_| Error::Timeout(Phase::Tls))?
-                .map_err(Error::Tls)?;
-            MaybeTlsStream::ClientTls(Box::new(tls))
-        } else {
-            MaybeTlsStream::Plain(tcp)
+                .map_err(|_| Error::Timeout(Phase::Connect))??;
+                // Small frames must not wait for Nagle's algorithm.
+                tcp.set_nodelay(true)?;
+                Tunnel::Tcp(tcp)
+            }
+            Some(proxy) => {
+                tracing::debug!(proxy = %proxy.host, port = proxy.port, "connecting through a proxy");
+                proxy::connect(
+                    &proxy,
+                    &target.host,
+                    target.port,
+                    deadline,
+                    &self.tls,
+                    self.happy_eyeballs_delay,
+                )
+                .await?
+            }
         };
+        let io = match (tunnel, target.secure) {
+            (Tunnel::Tcp(tcp), false) => MaybeTlsStream::Plain(tcp),
+            (Tunnel::Tcp(tcp), true) => {
+                MaybeTlsStream::ClientTls(Box::new(self.tls_to(target, tcp, deadline).await?))
+            }
+            (Tunnel::Tls(tunnel), false) => MaybeTlsStream::ClientTls(tunnel),
+            (Tunnel::Tls(tunnel), true) => {
+                MaybeTlsStream::ProxiedTls(Box::new(self.tls_to(target, *tunnel, deadline).await?))
+            }
+        };
+        self.upgrade(io, target, headers, deadline).await
+    }
+
+    /// Connects to the Unix domain socket `path`, with TLS for `wss://`.
+    #[cfg(unix)]
+    async fn open_unix(
+        &self,
+        path: &Path,
+        target: &Target,
+        deadline: Instant,
+    ) -> Result<MaybeTlsStream> {
+        let unix = timeout_at(deadline, tokio::net::UnixStream::connect(path))
+            .await
+            .map_err(|_| Error::Timeout(Phase::Connect))?
+            .map_err(|e| {
+                Error::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", path.display()),
+                ))
+            })?;
+        Ok(if target.secure {
+            MaybeTlsStream::ClientUnixTls(Box::new(self.tls_to(target, unix, deadline).await?))
+        } else {
+            MaybeTlsStream::Unix(unix)
+        })
+    }
+
+    /// No Unix domain sockets on this platform.
+    #[cfg(not(unix))]
+    async fn open_unix(
+        &self,
+        _path: &Path,
+        _target: &Target,
+        _deadline: Instant,
+    ) -> Result<MaybeTlsStream> {
+        Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "Unix domain sockets are not available on this platform",
+        )))
+    }
+
+    /// The opening handshake on an open transport (TLS done).
+    async fn upgrade(
+        &self,
+        io: MaybeTlsStream,
+        target: &Target,
+        headers: &[(String, String)],
+        deadline: Instant,
+    ) -> Result<WebSocket> {
         let request = ClientRequest {
             host: target.host_header.clone(),
             resource: target.resource.clone(),
@@ -386,6 +510,47 @@ impl ClientBuilder {
         .map_err(|e| Error::InvalidUri(e.reason))?;
         client_handshake(io, handshake, &self.config, deadline).await
     }
+}
+
+impl ClientBuilder {
+    /// The proxy this attempt goes through, if any (the environment is read now).
+    fn proxy_for(&self, target: &Target) -> Result<Option<Proxy>> {
+        match &self.proxy {
+            ProxyChoice::Direct => Ok(None),
+            ProxyChoice::Url(url) => Proxy::parse(url).map(Some),
+            ProxyChoice::Environment => {
+                match proxy::from_env(target.secure, &target.host, target.port) {
+                    Some(url) => Proxy::parse(&url).map(Some),
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// TLS to the server over `io` (a TCP stream, or a proxy's TLS tunnel).
+    async fn tls_to<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        target: &Target,
+        io: S,
+        deadline: Instant,
+    ) -> Result<tokio_rustls::client::TlsStream<S>> {
+        let config = self.tls.client_config().map_err(Error::Tls)?;
+        let name = server_name(&target.host).map_err(Error::Tls)?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        timeout_at(deadline, connector.connect(name, io))
+            .await
+            .map_err(|_| Error::Timeout(Phase::Tls))?
+            .map_err(Error::Tls)
+    }
+}
+
+/// Where a builder's connections go: as the environment says, through a given proxy, or
+/// directly.
+#[derive(Clone, Debug)]
+enum ProxyChoice {
+    Environment,
+    Url(String),
+    Direct,
 }
 
 /// Runs the upgrade on an open transport: writes the request, reads the answer.
@@ -468,13 +633,29 @@ fn redirect_target(from: &Target, response: &Response) -> Result<Target> {
     if from.secure && scheme == "ws" {
         return Err(Error::Redirect(RedirectError::Forbidden(next.to_string())));
     }
-    Target::parse(next.as_str())
+    let mut next = Target::parse(next.as_str())?;
+    if let Some(path) = &from.unix {
+        // Over a Unix socket, a redirect is followed only while it stays on the origin the
+        // socket stands for, over the same socket: the socket was chosen for that origin, so
+        // another host must not be asked for over it, nor may a local socket lead out to
+        // the network.
+        if next.origin() != from.origin() {
+            return Err(Error::Redirect(RedirectError::Forbidden(
+                next.url.to_string(),
+            )));
+        }
+        next.unix = Some(path.clone());
+    }
+    Ok(next)
 }
 
-/// A parsed `ws://` or `wss://` URL.
+/// A parsed `ws://` or `wss://` URL, and the Unix domain socket to reach it over, if any.
 #[derive(Clone, Debug)]
 pub(crate) struct Target {
+    /// The URL (for `ws+unix://…:/resource`, `ws://localhost/resource`).
     pub(crate) url: Url,
+    /// Connect over this Unix domain socket instead of TCP to `host` and `port`.
+    pub(crate) unix: Option<PathBuf>,
     pub(crate) secure: bool,
     /// Host to connect to (IPv6 without brackets).
     pub(crate) host: String,
@@ -491,9 +672,11 @@ impl Target {
         let secure = match url.scheme() {
             "ws" => false,
             "wss" => true,
+            "ws+unix" => return Self::parse_unix(s, &url, false),
+            "wss+unix" => return Self::parse_unix(s, &url, true),
             other => {
                 return Err(Error::InvalidUri(format!(
-                    "{s}: scheme {other} is not ws or wss"
+                    "{s}: scheme {other} is not ws, wss, ws+unix or wss+unix"
                 )))
             }
         };
@@ -535,6 +718,7 @@ impl Target {
         };
         Ok(Self {
             url,
+            unix: None,
             secure,
             host,
             port,
@@ -542,6 +726,40 @@ impl Target {
             resource,
             basic_auth,
         })
+    }
+
+    /// `ws+unix:///path/to.sock:/resource` (or `wss+unix://`): the socket path up to the
+    /// first `:` (percent-decoded), then the resource (`/` when empty), for
+    /// `ws://localhost/resource` as Node's `ws` and Python `websockets` name it.
+    fn parse_unix(s: &str, url: &Url, secure: bool) -> Result<Self> {
+        let invalid = |why: &str| Error::InvalidUri(format!("{s}: {why}"));
+        if url.fragment().is_some() {
+            return Err(invalid("WebSocket URLs may not have a fragment"));
+        }
+        if url.host_str().is_some_and(|h| !h.is_empty()) {
+            return Err(invalid(
+                "a Unix socket URL names no host: ws+unix:///path/to.sock:/resource",
+            ));
+        }
+        let (socket, resource) = url.path().split_once(':').unwrap_or((url.path(), ""));
+        if socket.is_empty() {
+            return Err(invalid("no socket path: ws+unix:///path/to.sock:/resource"));
+        }
+        let resource = if resource.is_empty() { "/" } else { resource };
+        if !resource.starts_with('/') {
+            return Err(invalid(
+                "the resource after the socket path must start with /",
+            ));
+        }
+        let scheme = if secure { "wss" } else { "ws" };
+        let mut view = format!("{scheme}://localhost{resource}");
+        if let Some(query) = url.query() {
+            view.push('?');
+            view.push_str(query);
+        }
+        let mut target = Self::parse(&view)?;
+        target.unix = Some(PathBuf::from(percent_decode(socket)));
+        Ok(target)
     }
 
     fn origin(&self) -> (bool, &str, u16) {
@@ -556,7 +774,7 @@ impl Target {
     }
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -575,117 +793,4 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn proxy_from_env(target: &Target) -> Option<String> {
-    let get = |k: &str| {
-        std::env::var(k)
-            .ok()
-            .or_else(|| std::env::var(k.to_lowercase()).ok())
-            .filter(|v| !v.is_empty())
-    };
-    if let Some(no) = get("NO_PROXY") {
-        let host = target.host.to_ascii_lowercase();
-        let bypass = no.split(',').map(str::trim).any(|p| {
-            let p = p.trim_start_matches('.').to_ascii_lowercase();
-            p == "*" || (!p.is_empty() && (host == p || host.ends_with(&format!(".{p}"))))
-        });
-        if bypass {
-            return None;
-        }
-    }
-    get(if target.secure {
-        "HTTPS_PROXY"
-    } else {
-        "HTTP_PROXY"
-    })
-}
-
-/// Opens a TCP tunnel to `target` through an HTTP proxy with CONNECT.
-async fn connect_via_proxy(proxy: &str, target: &Target, deadline: Instant) -> Result<TcpStream> {
-    let url = Url::parse(proxy)
-        .map_err(|e| Error::Proxy(ProxyError::new(format!("invalid proxy URL: {e}"))))?;
-    if url.scheme() != "http" {
-        return Err(Error::Proxy(ProxyError::new(format!(
-            "proxy scheme {} is not supported (http only)",
-            url.scheme()
-        ))));
-    }
-    let host = url
-        .host_str()
-        .ok_or_else(|| Error::Proxy(ProxyError::new("proxy URL has no host")))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = url.port_or_known_default().unwrap_or(8080);
-    let mut tcp = timeout_at(deadline, TcpStream::connect((host.as_str(), port)))
-        .await
-        .map_err(|_| Error::Timeout(Phase::Proxy))?
-        .map_err(|e| {
-            Error::Proxy(ProxyError {
-                status: None,
-                message: format!("cannot reach proxy {host}:{port}: {e}"),
-                io: Some(e),
-            })
-        })?;
-    let authority = if target.host.contains(':') {
-        format!("[{}]:{}", target.host, target.port)
-    } else {
-        format!("{}:{}", target.host, target.port)
-    };
-    let mut req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
-    if !url.username().is_empty() {
-        let creds = format!(
-            "{}:{}",
-            percent_decode(url.username()),
-            percent_decode(url.password().unwrap_or(""))
-        );
-        let b64 = base64::engine::general_purpose::STANDARD.encode(creds);
-        req.push_str(&format!("Proxy-Authorization: Basic {b64}\r\n"));
-    }
-    req.push_str("\r\n");
-    timeout_at(deadline, tcp.write_all(req.as_bytes()))
-        .await
-        .map_err(|_| Error::Timeout(Phase::Proxy))??;
-    // Read the answer's head byte by byte: nothing after it may be consumed, it belongs to the
-    // tunnel. The head is short, and this happens once per connection.
-    let mut head = Vec::with_capacity(256);
-    while !head.ends_with(b"\r\n\r\n") {
-        if head.len() > 16 << 10 {
-            return Err(Error::Proxy(ProxyError::new(
-                "proxy response head too long",
-            )));
-        }
-        let b = timeout_at(deadline, tcp.read_u8())
-            .await
-            .map_err(|_| Error::Timeout(Phase::Proxy))?
-            .map_err(|e| {
-                Error::Proxy(ProxyError {
-                    status: None,
-                    message: format!("proxy closed the connection: {e}"),
-                    io: Some(e),
-                })
-            })?;
-        head.push(b);
-    }
-    let line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
-    let line = String::from_utf8_lossy(line);
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| {
-            Error::Proxy(ProxyError::new(format!(
-                "invalid proxy response: {}",
-                line.trim()
-            )))
-        })?;
-    if !(200..300).contains(&status) {
-        return Err(Error::Proxy(ProxyError {
-            status: Some(status),
-            message: format!("proxy refused CONNECT: {}", line.trim()),
-            io: None,
-        }));
-    }
-    Ok(tcp)
 }

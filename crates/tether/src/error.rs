@@ -62,11 +62,19 @@ impl fmt::Display for RedirectError {
     }
 }
 
-/// Why tunnelling through an HTTP proxy failed.
+/// Why tunnelling through a proxy (HTTP CONNECT or SOCKS5) failed.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct ProxyError {
     /// The proxy's HTTP status, when it answered the CONNECT (e.g. 407, 502).
     pub status: Option<u16>,
+    /// The `Proxy-Authenticate` challenges of a refusal (a 407's), as sent.
+    pub authenticate: Vec<String>,
+    /// The SOCKS5 reply code, when a SOCKS5 proxy refused the CONNECT (RFC 1928: 1 general
+    /// failure, 2 not allowed by ruleset, 3 network unreachable, 4 host unreachable, 5
+    /// connection refused, 6 TTL expired, 7 command not supported, 8 address type not
+    /// supported).
+    pub socks_reply: Option<u8>,
     /// What happened, for humans.
     pub message: String,
     /// The I/O error, when the proxy could not be reached or hung up.
@@ -77,6 +85,8 @@ impl ProxyError {
     pub(crate) fn new(message: impl Into<String>) -> Self {
         Self {
             status: None,
+            authenticate: Vec::new(),
+            socks_reply: None,
             message: message.into(),
             io: None,
         }

@@ -12,6 +12,8 @@ pub mod axum;
 mod client;
 mod config;
 mod error;
+mod happy;
+mod proxy;
 pub mod reconnect;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -19,6 +21,8 @@ mod server;
 pub mod session;
 mod stream;
 pub mod tls;
+#[cfg(unix)]
+mod unix;
 #[cfg(feature = "hyper")]
 pub mod upgrade;
 mod websocket;
@@ -31,7 +35,7 @@ pub use server::{
     accept, credentials_match, serve, HttpRequest, HttpResponse, Server, ServerConfig,
     ShutdownHandle,
 };
-pub use stream::MaybeTlsStream;
+pub use stream::{MaybeTlsStream, PeerAddr};
 pub use tether_proto::handshake::{Headers, Request};
 pub use tether_proto::{
     self as proto, close_code, Bytes, CloseFrame, DeflateConfig, PeerClose, PreparedMessage,

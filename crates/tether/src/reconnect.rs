@@ -119,8 +119,10 @@ pub struct AttemptContext {
 /// | invalid response, redirect errors, invalid URI | fatal |
 /// | TLS: certificate untrusted or invalid, or any TLS-level error | fatal |
 /// | TLS: the transport failed during the TLS handshake | retry |
-/// | proxy unreachable, or answering 5xx | retry |
+/// | proxy unreachable or hanging up, or answering 5xx | retry |
 /// | proxy answering anything else (407, 403, …) | fatal |
+/// | SOCKS5: general failure, network or host unreachable, connection refused, TTL expired | retry |
+/// | SOCKS5: not allowed by ruleset, bad credentials, unsupported command or address | fatal |
 /// | protocol error, anything else | fatal |
 pub fn default_decision(error: &Error) -> Decision {
     let retry = match error {
@@ -131,9 +133,10 @@ pub fn default_decision(error: &Error) -> Decision {
         Error::Tls(e) => {
             !(error.is_certificate_error() || e.get_ref().is_some_and(|i| i.is::<rustls::Error>()))
         }
-        Error::Proxy(p) => match p.status {
-            Some(s) => (500..600).contains(&s),
-            None => p.io.is_some(),
+        Error::Proxy(p) => match (p.status, p.socks_reply) {
+            (Some(s), _) => (500..600).contains(&s),
+            (None, Some(code)) => matches!(code, 1 | 3 | 4 | 5 | 6),
+            (None, None) => p.io.is_some(),
         },
         _ => false,
     };
@@ -992,13 +995,31 @@ mod tests {
         let proxy = |status, io: bool| {
             Error::Proxy(crate::ProxyError {
                 status,
-                message: String::new(),
                 io: io.then(|| std::io::ErrorKind::ConnectionRefused.into()),
+                ..crate::ProxyError::new("")
             })
         };
         assert!(retries(&p, &proxy(None, true)));
         assert!(retries(&p, &proxy(Some(502), false)));
         assert!(!retries(&p, &proxy(Some(407), false)));
+        // SOCKS5 replies: the path is down (retry) or the proxy says no (fatal); a refused
+        // user name and password has no reply code and no I/O error: fatal.
+        let socks = |code| {
+            Error::Proxy(crate::ProxyError {
+                socks_reply: Some(code),
+                ..crate::ProxyError::new("")
+            })
+        };
+        for code in [1, 3, 4, 5, 6] {
+            assert!(retries(&p, &socks(code)), "SOCKS reply {code}");
+        }
+        for code in [2, 7, 8, 9] {
+            assert!(!retries(&p, &socks(code)), "SOCKS reply {code}");
+        }
+        assert!(!retries(
+            &p,
+            &Error::Proxy(crate::ProxyError::new("bad credentials"))
+        ));
         let protocol = Error::Protocol(tether_proto::ProtocolError::ReservedBits);
         assert!(!retries(&p, &protocol));
     }

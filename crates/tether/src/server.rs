@@ -1,8 +1,10 @@
-//! Accepting connections: the upgrade, hooks, authentication and graceful shutdown.
+//! Accepting connections (TCP, or a Unix domain socket): the upgrade, hooks, authentication
+//! and graceful shutdown.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,14 +14,16 @@ use bytes::Bytes;
 use tether_proto::handshake::{self, HeadLimits, Headers, Request, ServerHandshake};
 use tether_proto::Role;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+#[cfg(unix)]
+use tokio::net::UnixListener;
+use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::{timeout_at, Instant};
 
 use crate::config::Config;
 use crate::error::{Error, Phase, Result};
-use crate::stream::MaybeTlsStream;
+use crate::stream::{MaybeTlsStream, PeerAddr};
 use crate::websocket::{CloseSignal, MessageBudget, WebSocket};
 
 /// [`ServerConfig::message_budget`]'s default: 256 MiB.
@@ -250,6 +254,11 @@ impl ServerConfig {
     /// a byte is read and before admission control: `false` closes the connection at once
     /// (a deny list, a per-address limit); `true` goes on. It runs on the accept loop, so it
     /// must be quick. Default: none (every connection goes on).
+    ///
+    /// It is not called for connections on a Unix domain socket
+    /// ([`Server::bind_unix`]): their peers have no address to decide on (a client binds no
+    /// path), and who may connect is decided by the socket file's permissions instead. The
+    /// connection limits apply to them as to TCP.
     pub fn on_accept<F>(mut self, hook: F) -> Self
     where
         F: Fn(SocketAddr) -> bool + Send + Sync + 'static,
@@ -593,7 +602,7 @@ impl ShutdownHandle {
 /// # }
 /// ```
 pub struct Server {
-    listener: TcpListener,
+    listener: Listener,
     config: Arc<ServerConfig>,
     handle: ShutdownHandle,
     /// Opening handshakes in progress (for `ServerConfig::max_handshakes`).
@@ -617,6 +626,66 @@ impl Server {
 
     /// Serves on a listener bound elsewhere.
     pub fn from_listener(listener: TcpListener, config: ServerConfig) -> Self {
+        Self::with_listener(Listener::Tcp(listener), config)
+    }
+
+    /// Listens on the Unix domain socket `path`, with everything a TCP server has: TLS when
+    /// [`ServerConfig::tls`] is set (clients connect with `wss+unix://` or
+    /// [`ClientBuilder::unix_socket`](crate::ClientBuilder::unix_socket) and a `wss://` URL),
+    /// the open timeout, limits, hooks and the graceful shutdown.
+    /// [`ServerConfig::on_accept`] is not called (see there).
+    ///
+    /// A socket file already at `path` is removed first only when it is stale: a socket
+    /// that refuses connections, which means that nobody listens on it (what a server that
+    /// crashed leaves behind). When a server listens on it, this fails with
+    /// [`io::ErrorKind::AddrInUse`]; when `path` is anything other than a socket (a regular
+    /// file, a directory, a symbolic link), with [`io::ErrorKind::AlreadyExists`], and
+    /// nothing is removed. The socket file is created with the process's umask (create it
+    /// in a directory whose permissions say who may connect), and removed when the server
+    /// stops listening (when [`serve`](Self::serve) returns, or the server is dropped),
+    /// unless another server bound the path again meanwhile.
+    ///
+    /// Unix domain sockets exist on Unix only: elsewhere this fails with
+    /// [`io::ErrorKind::Unsupported`].
+    pub async fn bind_unix(path: impl AsRef<Path>, config: ServerConfig) -> io::Result<Self> {
+        #[cfg(unix)]
+        {
+            let path = path.as_ref();
+            let (listener, file) = crate::unix::bind(path).await?;
+            let listener = Listener::Unix {
+                listener,
+                path: Some(path.to_owned()),
+                _file: Some(file),
+            };
+            Ok(Self::with_listener(listener, config))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (path, config);
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "Unix domain sockets are not available on this platform",
+            ))
+        }
+    }
+
+    /// Serves on a Unix domain socket listener bound elsewhere (inherited from a service
+    /// manager, say). Its socket file is left alone: whoever bound it removes it.
+    #[cfg(unix)]
+    pub fn from_unix_listener(listener: UnixListener, config: ServerConfig) -> Self {
+        let path = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Into::into));
+        let listener = Listener::Unix {
+            listener,
+            path,
+            _file: None,
+        };
+        Self::with_listener(listener, config)
+    }
+
+    fn with_listener(listener: Listener, config: ServerConfig) -> Self {
         Self {
             listener,
             config: Arc::new(config),
@@ -630,9 +699,27 @@ impl Server {
         }
     }
 
-    /// The address the server listens on.
+    /// The address the server listens on. A server on a Unix domain socket has none: this
+    /// fails with [`io::ErrorKind::Unsupported`] (see [`unix_path`](Self::unix_path)).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match &self.listener {
+            Listener::Tcp(listener) => listener.local_addr(),
+            #[cfg(unix)]
+            Listener::Unix { .. } => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the server listens on a Unix domain socket, not on a TCP address",
+            )),
+        }
+    }
+
+    /// The path of the Unix domain socket the server listens on; `None` for a TCP server
+    /// (and for a Unix listener bound to no path).
+    pub fn unix_path(&self) -> Option<&Path> {
+        match &self.listener {
+            Listener::Tcp(_) => None,
+            #[cfg(unix)]
+            Listener::Unix { path, .. } => path.as_deref(),
+        }
     }
 
     /// A handle that starts the graceful shutdown.
@@ -658,7 +745,7 @@ impl Server {
             };
             // Reap finished connection tasks so the set does not grow.
             while tasks.try_join_next().is_some() {}
-            let (tcp, peer) = match accepted {
+            let (conn, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little instead of spinning.
@@ -667,8 +754,9 @@ impl Server {
                     continue;
                 }
             };
-            if let Some(hook) = &self.config.on_accept {
-                if !hook(peer) {
+            // Unix socket peers have no address for the hook (see `ServerConfig::on_accept`).
+            if let (Some(hook), PeerAddr::Tcp(addr)) = (&self.config.on_accept, &peer) {
+                if !hook(*addr) {
                     tracing::debug!(%peer, "refused by the on_accept hook");
                     continue;
                 }
@@ -676,13 +764,13 @@ impl Server {
             let Some(held) = Admitted::try_new(&self.connections, self.config.max_connections)
             else {
                 tracing::debug!(%peer, "busy: at the connection limit; refused");
-                self.refuse(&mut tasks, tcp, "too many connections");
+                self.refuse(&mut tasks, conn, "too many connections");
                 continue;
             };
             let Some(admitted) = Admitted::try_new(&self.handshakes, self.config.max_handshakes)
             else {
                 tracing::debug!(%peer, "busy: too many handshakes in progress; refused");
-                self.refuse(&mut tasks, tcp, "too many handshakes in progress");
+                self.refuse(&mut tasks, conn, "too many handshakes in progress");
                 continue;
             };
             let config = self.config.clone();
@@ -699,14 +787,14 @@ impl Server {
                 // costs this task and its socket, and it is dropped at the open timeout (or
                 // at shutdown) like any handshake that does not finish.
                 let first = tokio::select! {
-                    r = timeout_at(deadline, tcp.readable()) => r.is_ok_and(|r| r.is_ok()),
+                    r = timeout_at(deadline, readable(&conn)) => r.is_ok_and(|r| r.is_ok()),
                     _ = handle.state.wait() => false,
                 };
                 if !first {
                     tracing::debug!(%peer, "no byte before the open timeout (or shutdown)");
                     return;
                 }
-                let opened = Box::pin(open(tcp, &config, &handle, deadline)).await;
+                let opened = Box::pin(open(conn, &config, &handle, deadline)).await;
                 drop(admitted);
                 let served = match opened {
                     // Boxed: the handler's future (which holds the connection) is allocated
@@ -739,15 +827,15 @@ impl Server {
 }
 
 impl Server {
-    /// Refuses `tcp` with [`refuse_busy`] in a task of its own, or closes it at once when
+    /// Refuses `conn` with [`refuse_busy`] in a task of its own, or closes it at once when
     /// [`MAX_REFUSING`] refusals are being written already.
-    fn refuse(&self, tasks: &mut JoinSet<()>, tcp: TcpStream, why: &'static str) {
+    fn refuse(&self, tasks: &mut JoinSet<()>, conn: MaybeTlsStream, why: &'static str) {
         let Some(place) = Admitted::try_new(&self.refusing, Some(MAX_REFUSING)) else {
             return;
         };
         let (plain, retry_after) = (self.config.tls.is_none(), self.config.busy_retry_after);
         tasks.spawn(async move {
-            refuse_busy(tcp, plain, retry_after, why).await;
+            refuse_busy(conn, plain, retry_after, why).await;
             drop(place);
         });
     }
@@ -777,11 +865,12 @@ impl Drop for Admitted {
     }
 }
 
-/// Refuses a connection above the handshake or connection limit (`why` says which): on plain TCP, `503` with a random
-/// `Retry-After` in [1, `retry_after`] seconds, written at once; then what the client sends
-/// is read and dropped for up to a second, so that closing does not reset the connection
-/// before the client read the answer. Over TLS, the connection is closed at once.
-async fn refuse_busy(mut tcp: TcpStream, plain: bool, retry_after: Duration, why: &str) {
+/// Refuses a connection above the handshake or connection limit (`why` says which): without
+/// TLS, `503` with a random `Retry-After` in [1, `retry_after`] seconds, written at once;
+/// then what the client sends is read and dropped for up to a second, so that closing does
+/// not reset the connection before the client read the answer. Over TLS, the connection is
+/// closed at once.
+async fn refuse_busy(mut conn: MaybeTlsStream, plain: bool, retry_after: Duration, why: &str) {
     if !plain {
         return;
     }
@@ -791,33 +880,38 @@ async fn refuse_busy(mut tcp: TcpStream, plain: bool, retry_after: Duration, why
         .header("Retry-After", wait.min(most).to_string())
         .to_bytes();
     let drain = async {
-        tcp.write_all(&answer).await?;
-        tcp.shutdown().await?;
+        conn.write_all(&answer).await?;
+        conn.shutdown().await?;
         let mut sink = [0u8; 1024];
-        while tcp.read(&mut sink).await? > 0 {}
+        while conn.read(&mut sink).await? > 0 {}
         io::Result::Ok(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
-/// Accepts one TCP connection: TLS if configured, then the upgrade.
+/// Accepts one connection (TCP or Unix, as the listener gave it): TLS if configured, then
+/// the upgrade.
 async fn open(
-    tcp: TcpStream,
+    conn: MaybeTlsStream,
     config: &ServerConfig,
     handle: &ShutdownHandle,
     deadline: Instant,
 ) -> Result<Option<(WebSocket, Request)>> {
-    tcp.set_nodelay(true)?;
-    let io = match &config.tls {
-        None => MaybeTlsStream::Plain(tcp),
-        Some(tls) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
-            let stream = timeout_at(deadline, acceptor.accept(tcp))
-                .await
-                .map_err(|_| Error::Timeout(Phase::Tls))?
-                .map_err(Error::Tls)?;
-            MaybeTlsStream::ServerTls(Box::new(stream))
+    let io = match (conn, &config.tls) {
+        (MaybeTlsStream::Plain(tcp), tls) => {
+            tcp.set_nodelay(true)?;
+            match tls {
+                None => MaybeTlsStream::Plain(tcp),
+                Some(tls) => {
+                    MaybeTlsStream::ServerTls(Box::new(tls_accept(tls, tcp, deadline).await?))
+                }
+            }
         }
+        #[cfg(unix)]
+        (MaybeTlsStream::Unix(unix), Some(tls)) => {
+            MaybeTlsStream::ServerUnixTls(Box::new(tls_accept(tls, unix, deadline).await?))
+        }
+        (conn, _) => conn,
     };
     let Some((mut ws, request)) = accept_until(io, config, deadline, Some(&handle.state)).await?
     else {
@@ -837,6 +931,63 @@ async fn open(
     }
     ws.set_close_signal(signal);
     Ok(Some((ws, request)))
+}
+
+/// The server side of TLS on an accepted transport.
+async fn tls_accept<S: AsyncRead + AsyncWrite + Unpin>(
+    tls: &Arc<rustls::ServerConfig>,
+    io: S,
+    deadline: Instant,
+) -> Result<tokio_rustls::server::TlsStream<S>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+    timeout_at(deadline, acceptor.accept(io))
+        .await
+        .map_err(|_| Error::Timeout(Phase::Tls))?
+        .map_err(Error::Tls)
+}
+
+/// What a [`Server`] accepts connections on.
+enum Listener {
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix {
+        listener: UnixListener,
+        /// The path bound, if any.
+        path: Option<std::path::PathBuf>,
+        /// The socket file [`Server::bind_unix`] created, removed when the listener goes:
+        /// declared after `listener`, so that it is dropped after it.
+        _file: Option<crate::unix::SocketFile>,
+    },
+}
+
+impl Listener {
+    /// The next connection, still without TLS ([`MaybeTlsStream::Plain`] or
+    /// [`MaybeTlsStream::Unix`]), and who it comes from.
+    async fn accept(&self) -> io::Result<(MaybeTlsStream, PeerAddr)> {
+        match self {
+            Self::Tcp(listener) => {
+                let (tcp, addr) = listener.accept().await?;
+                Ok((MaybeTlsStream::Plain(tcp), PeerAddr::Tcp(addr)))
+            }
+            #[cfg(unix)]
+            Self::Unix { listener, .. } => {
+                let (unix, addr) = listener.accept().await?;
+                let path = addr.as_pathname().map(Into::into);
+                Ok((MaybeTlsStream::Unix(unix), PeerAddr::Unix(path)))
+            }
+        }
+    }
+}
+
+/// Waits until an accepted connection has something to read (or is closed).
+async fn readable(conn: &MaybeTlsStream) -> io::Result<()> {
+    match conn {
+        MaybeTlsStream::Plain(tcp) => tcp.readable().await,
+        #[cfg(unix)]
+        MaybeTlsStream::Unix(unix) => unix.readable().await,
+        // The accept loop hands over transports without TLS only; reading tells the rest.
+        _ => Ok(()),
+    }
 }
 
 /// Binds to `addr` with default settings and serves `handler` until the process ends.

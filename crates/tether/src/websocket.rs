@@ -445,7 +445,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         let Some(charge) = &mut self.budget else {
             return;
         };
-        let held = self.proto.incoming_buffered().saturating_sub(BUDGET_ALLOWANCE);
+        let held = self
+            .proto
+            .incoming_buffered()
+            .saturating_sub(BUDGET_ALLOWANCE);
         if !charge.settle(held) {
             tracing::debug!(
                 limit = charge.budget.limit(),

@@ -538,7 +538,16 @@ async fn proxy_answering_407_is_a_proxy_error() {
         .connect()
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Proxy(_)), "got {err:?}");
+    let Error::Proxy(p) = &err else {
+        panic!("expected a proxy error, got {err:?}");
+    };
+    assert_eq!(p.status, Some(407));
+    // The challenge reaches the error (and so the policy hook).
+    assert_eq!(p.authenticate, vec!["Basic realm=\"proxy\"".to_owned()]);
     assert!(err.to_string().contains("407"), "{err}");
+    assert!(matches!(
+        tether::reconnect::default_decision(&err),
+        tether::Decision::Fatal
+    ));
     assert_eq!(heads.lock().unwrap().len(), 1);
 }
