@@ -12,9 +12,10 @@
 #      through TETHER_REDIS_SERVER);
 #   5. the Autobahn test suite against the release examples: server role (tether's own server
 #      and the axum example) and client role;
-#   6. every fuzz target for 30 s (scripts/fuzz.sh; built with stable cargo, no cargo-fuzz).
+#   6. every fuzz target for 30 s (scripts/fuzz.sh; built with stable cargo, no cargo-fuzz);
+#   7. a 60 s soak: 10,000 reconnecting clients of a broadcasting server (scripts/soak.sh).
 #
-# cargo test, each Autobahn role and the fuzz smoke run are a gate (a failed release build of the examples counts
+# cargo test, each Autobahn role, the fuzz smoke run and the soak are a gate (a failed release build of the examples counts
 # as one failed gate instead of the two roles); the last line says how many gates passed and
 # failed, and the exit status is non-zero if any failed.
 #
@@ -39,6 +40,8 @@ AUTOBAHN_LIMIT=900
 # The fuzz smoke run: seconds per target, and a bound on the whole step (its build included).
 FUZZ_SECONDS=30
 FUZZ_LIMIT=1200
+# The soak gate: its release build of the bench and the 60 s run.
+SOAK_LIMIT=900
 
 passed=0
 failed=0
@@ -266,6 +269,21 @@ fi
 # builds or a crash that is easy to reach; long runs are `bash scripts/fuzz.sh SECONDS`).
 gate "fuzz smoke (${FUZZ_SECONDS} s per target)" \
     timeout --kill-after=30 "$FUZZ_LIMIT" bash scripts/fuzz.sh "$FUZZ_SECONDS" </dev/null
+
+# --- 7. soak, 60 s -------------------------------------------------------------------------
+# 10,000 reconnecting clients of a broadcasting server for 60 s (scripts/soak.sh; the long
+# version is `bash scripts/soak.sh 30`): fails on fd growth, missing broadcasts, a client
+# that gave up or a process that died. On a machine whose hard open-file limit is below what
+# 10,000 clients need (two sockets each across the two processes, plus some), it runs with as
+# many clients as the limit allows, and says so.
+soak_clients=10000
+hard_nofile=$(ulimit -Hn)
+if [[ "$hard_nofile" != unlimited && "$hard_nofile" -lt $((soak_clients + 500)) ]]; then
+    soak_clients=$((hard_nofile - 500))
+    echo "soak: the hard open-file limit is $hard_nofile: $soak_clients clients instead of 10,000"
+fi
+gate "soak (60 s, $soak_clients clients)" \
+    timeout --kill-after=30 "$SOAK_LIMIT" bash scripts/soak.sh 1 --clients "$soak_clients" </dev/null
 
 # --- summary -------------------------------------------------------------------------------
 echo

@@ -20,6 +20,7 @@ mod proc;
 mod report;
 mod run;
 mod servers;
+mod soak;
 mod stats;
 mod storm;
 mod sys;
@@ -59,6 +60,9 @@ fn main() -> ExitCode {
         "storm" => storm::main(&args),
         "storm-server" => storm::server(&args),
         "storm-clients" => storm::clients(&args),
+        "soak" => soak::main(&args),
+        "soak-server" => soak::server(&args),
+        "soak-clients" => soak::clients(&args),
         "help" => {
             print!("{}", run::HELP);
             Ok(())

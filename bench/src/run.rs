@@ -228,6 +228,14 @@ Reconnect storms (a separate report, not part of the run above):
        (restart) or is killed and back after S seconds (kill, default 1); arrivals per
        100 ms with the defaults, with full jitter, and with a handshake limit K (default 64)
 
+Soak test (a separate report; scripts/soak.sh MINUTES runs it):
+  soak --minutes M [--clients N] [--rate R] [--drops P] [--interval S] [--out FILE]
+       N reconnecting clients (default 10000) of a server broadcasting R messages/s
+       (default 10) for M minutes, P% of the clients dropping and reconnecting per 10 s
+       (default 1); server RSS, fds and client latency sampled every S s (default 10);
+       fails on fd growth, sequence gaps, a dead process, or (runs of 10 minutes and
+       more) RSS growth over 5% after the warm-up
+
 Modes used by the orchestrator (this same binary):
   server --impl NAME [--addr A] [--cpu N]
   load --addr A --conns N --size B --inflight K --warmup S --duration S [--raw] [--cpu N]
@@ -241,6 +249,8 @@ Modes used by the orchestrator (this same binary):
                [--require-deflate] [--cpu N]
   storm-server [--addr A] [--max-handshakes K] [--cpu N]
   storm-clients --url U --clients N [--jitter default|full] [--cpu N]
+  soak-server [--addr A] [--rate R] [--cpu N]
+  soak-clients --url U --clients N [--drops P] [--cpu N]
 ";
 
 fn settings(args: &Args, raw_args: &[String]) -> io::Result<Settings> {
