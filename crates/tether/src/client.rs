@@ -285,7 +285,7 @@ impl ClientBuilder {
     /// environment applies to the next reconnect): `no_proxy` first, then for `wss://` the
     /// first of `wss_proxy`, `https_proxy`, `all_proxy`, for `ws://` the first of
     /// `ws_proxy`, `http_proxy`, `all_proxy` (lower case first, then upper case), as curl and
-    /// Python `websockets` do. See `docs/proxies.md` for `no_proxy`'s rules.
+    /// Python `websockets` do. See `docs/network-paths.md` for `no_proxy`'s rules.
     pub fn proxy(mut self, proxy: impl Into<String>) -> Self {
         self.proxy = ProxyChoice::Url(proxy.into());
         self
