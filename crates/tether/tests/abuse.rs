@@ -98,30 +98,35 @@ impl Raw {
         let _ = self.tcp.write_all(bytes).await;
     }
 
-    /// Reads server frames until a Close and returns its code; `None` if the connection ended
-    /// without one.
+    /// See [`close_code`].
     async fn close_code(&mut self) -> Option<u16> {
-        loop {
-            if self.buf.len() >= 2 {
-                let len = usize::from(self.buf[1] & 0x7f);
-                assert!(len < 126, "only short server frames are expected here");
-                if self.buf.len() >= 2 + len {
-                    let opcode = self.buf[0] & 0x0f;
-                    let payload: Vec<u8> = self.buf.drain(..2 + len).skip(2).collect();
-                    if opcode == CLOSE {
-                        return payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
-                    }
-                    continue;
+        close_code(&mut self.tcp, &mut self.buf).await
+    }
+}
+
+/// Reads server frames from `read` (after what `buf` holds already) until a Close and
+/// returns its code; `None` if the connection ended without one.
+async fn close_code(read: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) -> Option<u16> {
+    loop {
+        if buf.len() >= 2 {
+            let len = usize::from(buf[1] & 0x7f);
+            assert!(len < 126, "only short server frames are expected here");
+            if buf.len() >= 2 + len {
+                let opcode = buf[0] & 0x0f;
+                let payload: Vec<u8> = buf.drain(..2 + len).skip(2).collect();
+                if opcode == CLOSE {
+                    return payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
                 }
+                continue;
             }
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout(GUARD, self.tcp.read(&mut chunk))
-                .await
-                .expect("the server answers within the guard time")
-            {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(GUARD, read.read(&mut chunk))
+            .await
+            .expect("the server answers within the guard time")
+        {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
 }
@@ -236,18 +241,14 @@ async fn a_hundred_thousand_one_byte_fragments_are_refused_with_1009() {
     let bytes = std::sync::Arc::new(bytes);
     let sent = std::sync::Arc::clone(&bytes);
     let base = start_peak();
-    let Raw { tcp, buf } = raw;
+    let Raw { tcp, mut buf } = raw;
     let (mut reader, mut writer) = tcp.into_split();
     let write = tokio::spawn(async move {
         // The server closes at fragment 65,537: the rest may not be written.
         let _ = writer.write_all(&sent).await;
         writer
     });
-    let mut raw_reader = RawReader {
-        read: &mut reader,
-        buf,
-    };
-    assert_eq!(raw_reader.close_code().await, Some(1009));
+    assert_eq!(close_code(&mut reader, &mut buf).await, Some(1009));
     assert_eq!(
         next_end(&mut ends).await,
         Ended::Protocol(ProtocolError::TooManyFragments { max: 65_536 })
@@ -296,38 +297,6 @@ async fn a_hundred_thousand_one_byte_fragments_are_refused_with_1009() {
         .await
         .expect("close");
     assert_eq!(next_end(&mut ends).await, Ended::Quietly(1));
-}
-
-/// [`Raw::close_code`] on the read half of a split socket.
-struct RawReader<'a> {
-    read: &'a mut tokio::net::tcp::OwnedReadHalf,
-    buf: Vec<u8>,
-}
-
-impl RawReader<'_> {
-    async fn close_code(&mut self) -> Option<u16> {
-        loop {
-            if self.buf.len() >= 2 {
-                let len = usize::from(self.buf[1] & 0x7f);
-                if self.buf.len() >= 2 + len {
-                    let opcode = self.buf[0] & 0x0f;
-                    let payload: Vec<u8> = self.buf.drain(..2 + len).skip(2).collect();
-                    if opcode == CLOSE {
-                        return payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
-                    }
-                    continue;
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout(GUARD, self.read.read(&mut chunk))
-                .await
-                .expect("the server answers within the guard time")
-            {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
 }
 
 /// One runtime thread: every connection's charge on the budget is settled in turn, so the
