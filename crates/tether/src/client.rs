@@ -1,6 +1,7 @@
 //! Opening client connections: URL, TCP (or a Unix domain socket), proxy, TLS, upgrade,
 //! redirects.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -176,7 +177,8 @@ pub struct ClientBuilder {
     open_timeout: Duration,
     pub(crate) config: Config,
     tls: TlsConfig,
-    happy_eyeballs_delay: Duration,
+    /// Happy Eyeballs' delay and the names given addresses.
+    dialer: happy::Dialer,
     proxy: ProxyChoice,
     max_redirects: usize,
     head_limits: HeadLimits,
@@ -206,7 +208,7 @@ impl ClientBuilder {
             open_timeout: Duration::from_secs(10),
             config: Config::default(),
             tls: TlsConfig::default(),
-            happy_eyeballs_delay: happy::DEFAULT_DELAY,
+            dialer: happy::Dialer::default(),
             proxy: ProxyChoice::Environment,
             max_redirects: 10,
             head_limits: HeadLimits::default(),
@@ -298,7 +300,25 @@ impl ClientBuilder {
     /// answer costs `delay`, not the whole timeout. `Duration::ZERO` starts them all at once;
     /// `Duration::MAX` tries one at a time. Default: 250 ms (the RFC's).
     pub fn happy_eyeballs_delay(mut self, delay: Duration) -> Self {
-        self.happy_eyeballs_delay = delay;
+        self.dialer.delay = delay;
+        self
+    }
+
+    /// Connect to `name` at these addresses instead of asking the system's resolver, like
+    /// curl's `--resolve`: for the server's host on a direct connection, for a proxy's host,
+    /// and for the server's host through a `socks5://` proxy (which is sent the first
+    /// address). The port stays the URL's (or the proxy's); names compare without case, and
+    /// a later call for the same name replaces an earlier one. The addresses are raced as
+    /// [`happy_eyeballs_delay`](Self::happy_eyeballs_delay) says; TLS still verifies
+    /// `name`. Useful for split DNS, pinning a client to one node of a service, and tests.
+    pub fn resolve(
+        mut self,
+        name: impl Into<String>,
+        addrs: impl IntoIterator<Item = IpAddr>,
+    ) -> Self {
+        self.dialer
+            .fixed
+            .push((name.into(), addrs.into_iter().collect()));
         self
     }
 
@@ -410,12 +430,9 @@ impl ClientBuilder {
         let tunnel = match self.proxy_for(target)? {
             None => {
                 // Every address the name resolves to, raced (RFC 8305), within the deadline.
-                let tcp = timeout_at(
-                    deadline,
-                    happy::connect(&target.host, target.port, self.happy_eyeballs_delay),
-                )
-                .await
-                .map_err(|_| Error::Timeout(Phase::Connect))??;
+                let tcp = timeout_at(deadline, self.dialer.connect(&target.host, target.port))
+                    .await
+                    .map_err(|_| Error::Timeout(Phase::Connect))??;
                 // Small frames must not wait for Nagle's algorithm.
                 tcp.set_nodelay(true)?;
                 Tunnel::Tcp(tcp)
@@ -428,7 +445,7 @@ impl ClientBuilder {
                     target.port,
                     deadline,
                     &self.tls,
-                    self.happy_eyeballs_delay,
+                    &self.dialer,
                 )
                 .await?
             }

@@ -68,7 +68,9 @@ impl fmt::Display for RedirectError {
 pub struct ProxyError {
     /// The proxy's HTTP status, when it answered the CONNECT (e.g. 407, 502).
     pub status: Option<u16>,
-    /// The `Proxy-Authenticate` challenges of a refusal (a 407's), as sent.
+    /// The `Proxy-Authenticate` challenges of a refusal (a 407's), as sent; for a 401 (the
+    /// answer of some proxies, tinyproxy's among them, to wrong credentials), its
+    /// `WWW-Authenticate` challenges too.
     pub authenticate: Vec<String>,
     /// The SOCKS5 reply code, when a SOCKS5 proxy refused the CONNECT (RFC 1928: 1 general
     /// failure, 2 not allowed by ruleset, 3 network unreachable, 4 host unreachable, 5

@@ -30,6 +30,7 @@ use url::Url;
 
 use crate::client::percent_decode;
 use crate::error::{Error, Phase, ProxyError, Result};
+use crate::happy::Dialer;
 use crate::tls::TlsConfig;
 
 /// The kinds of proxy tether speaks.
@@ -223,9 +224,9 @@ pub(crate) async fn connect(
     port: u16,
     deadline: Instant,
     tls: &TlsConfig,
-    happy_delay: std::time::Duration,
+    dialer: &Dialer,
 ) -> Result<Tunnel> {
-    let reach = crate::happy::connect(&proxy.host, proxy.port, happy_delay);
+    let reach = dialer.connect(&proxy.host, proxy.port);
     let tcp = timeout_at(deadline, reach)
         .await
         .map_err(|_| Error::Timeout(Phase::Proxy))?
@@ -262,7 +263,7 @@ pub(crate) async fn connect(
         }
         Kind::Socks5 { remote_dns } => {
             let mut tcp = tcp;
-            socks5_connect(&mut tcp, proxy, remote_dns, host, port, deadline).await?;
+            socks5_connect(&mut tcp, proxy, remote_dns, (host, port), dialer, deadline).await?;
             Ok(Tunnel::Tcp(tcp))
         }
     }
@@ -332,9 +333,15 @@ async fn http_connect<S: AsyncRead + AsyncWrite + Unpin>(
     if (200..300).contains(&status) {
         return Ok(());
     }
+    // A 407 carries Proxy-Authenticate; some proxies (tinyproxy) answer wrong credentials
+    // with 401 and put the same challenge in WWW-Authenticate.
+    let challenge = |name: &str| {
+        name.eq_ignore_ascii_case("proxy-authenticate")
+            || (status == 401 && name.eq_ignore_ascii_case("www-authenticate"))
+    };
     let authenticate = lines
         .filter_map(|l| l.split_once(':'))
-        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("proxy-authenticate"))
+        .filter(|(name, _)| challenge(name.trim()))
         .map(|(_, value)| value.trim().to_owned())
         .collect();
     Err(Error::Proxy(ProxyError {
@@ -378,8 +385,8 @@ async fn socks5_connect(
     tcp: &mut TcpStream,
     proxy: &Proxy,
     remote_dns: bool,
-    host: &str,
-    port: u16,
+    (host, port): (&str, u16),
+    dialer: &Dialer,
     deadline: Instant,
 ) -> Result<()> {
     // The request's address: resolved here for socks5://, the name for socks5h://.
@@ -389,15 +396,11 @@ async fn socks5_connect(
         (Some(ip), _) => Some(ip),
         (None, true) => None,
         (None, false) => {
-            let mut found = timeout_at(deadline, tokio::net::lookup_host((host, port)))
+            let found = timeout_at(deadline, dialer.lookup(host, port))
                 .await
                 .map_err(|_| Error::Timeout(Phase::Connect))??;
-            Some(found.next().map(|a: SocketAddr| a.ip()).ok_or_else(|| {
-                Error::Io(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("{host} has no address"),
-                ))
-            })?)
+            // lookup returns at least one address.
+            found.first().map(SocketAddr::ip)
         }
     };
     match ip {

@@ -1,13 +1,14 @@
 //! Through real proxies from Debian: tinyproxy (HTTP CONNECT, with and without Basic auth),
 //! tinyproxy behind a TLS terminator of the test's own (an `https://` proxy), and microsocks
 //! (SOCKS5, `socks5://` and `socks5h://`, with and without a user name and password). For
-//! each, `ws://` and `wss://` with compression on; wrong credentials are fatal at the first
-//! attempt, a SOCKS5 refusal to reach the server is transient, and a proxy that restarts is
+//! each, `ws://` and `wss://` with compression on, with and without credentials; missing or
+//! wrong credentials are fatal at the first attempt, with the proxy's challenge in the
+//! error; a SOCKS5 refusal to reach the server is transient, and a proxy that restarts is
 //! retried while a resumable session carries on with nothing lost or repeated.
 
 mod support;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
@@ -26,6 +27,24 @@ const GUARD: Duration = Duration::from_secs(20);
 
 /// A tether echo server on 127.0.0.1, with TLS when `pki` is given.
 async fn echo_server(pki: Option<&Pki>) -> SocketAddr {
+    echo_server_on(IpAddr::from([127, 0, 0, 1]), pki).await
+}
+
+/// The address `localhost` resolves to first here. A SOCKS5 connection by name goes to
+/// that one alone (`socks5://` sends the first address tether resolves, `socks5h://` lets the
+/// proxy resolve and it connects to its first), so a server reached as `localhost` through
+/// SOCKS must listen there: 127.0.0.1, or ::1 where the hosts file lists it first.
+async fn localhost() -> IpAddr {
+    tokio::net::lookup_host("localhost:0")
+        .await
+        .expect("localhost resolves")
+        .next()
+        .expect("localhost has an address")
+        .ip()
+}
+
+/// A tether echo server on `ip`, with TLS when `pki` is given.
+async fn echo_server_on(ip: IpAddr, pki: Option<&Pki>) -> SocketAddr {
     let mut config = ServerConfig::default();
     if let Some(pki) = pki {
         config = config.tls(
@@ -33,7 +52,7 @@ async fn echo_server(pki: Option<&Pki>) -> SocketAddr {
                 .unwrap(),
         );
     }
-    let server = Server::bind("127.0.0.1:0", config).await.unwrap();
+    let server = Server::bind(SocketAddr::new(ip, 0), config).await.unwrap();
     let addr = server.local_addr().unwrap();
     tokio::spawn(server.serve(|mut ws, _request| async move {
         while let Some(Ok(msg)) = ws.recv().await {
@@ -120,7 +139,7 @@ async fn through(proxy: &str, host: &str, server: SocketAddr, pki: Option<&Pki>)
 async fn ws_and_wss_through_tinyproxy() {
     let pki = make_pki(&["localhost"]);
     let plain = echo_server(None).await;
-    let secure = echo_server(Some(&pki)).await;
+    let secure = echo_server_on(localhost().await, Some(&pki)).await;
     let proxy = ProxyProcess::tinyproxy(None);
     let url = format!("http://127.0.0.1:{}", proxy.port());
     through(&url, "127.0.0.1", plain, None).await;
@@ -137,39 +156,64 @@ async fn ws_and_wss_through_tinyproxy() {
 
 #[tokio::test]
 async fn tinyproxy_with_basic_auth_takes_the_right_credentials_only() {
+    let pki = make_pki(&["localhost"]);
     let plain = echo_server(None).await;
+    let secure = echo_server_on(localhost().await, Some(&pki)).await;
     let proxy = ProxyProcess::tinyproxy(Some(("tether", "s3cret")));
     let good = format!("http://tether:s3cret@127.0.0.1:{}", proxy.port());
     through(&good, "127.0.0.1", plain, None).await;
+    through(&good, "localhost", secure, Some(&pki)).await;
 
-    // Wrong or missing credentials: tinyproxy answers 401 (see peers.md); fatal at the
-    // first attempt of a reconnecting client.
-    for bad in [
-        format!("http://tether:wrong@127.0.0.1:{}", proxy.port()),
-        format!("http://127.0.0.1:{}", proxy.port()),
+    // No credentials: tinyproxy answers 407 with its Proxy-Authenticate challenge. Wrong
+    // ones: 401 with the same challenge in WWW-Authenticate. Either is fatal at the first
+    // attempt, and the policy's hook sees the status and the challenge.
+    for (bad, status) in [
+        (format!("http://127.0.0.1:{}", proxy.port()), 407),
+        (
+            format!("http://tether:wrong@127.0.0.1:{}", proxy.port()),
+            401,
+        ),
     ] {
-        let (error, attempts) =
-            fatal_attempts(ClientBuilder::new(format!("ws://{plain}/")).proxy(&bad)).await;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let hook_saw = Arc::clone(&seen);
+        let policy = quick_policy().on_error(move |error, _| {
+            if let Error::Proxy(p) = error {
+                hook_saw
+                    .lock()
+                    .unwrap()
+                    .push((p.status, p.authenticate.clone()));
+            }
+            Decision::Default
+        });
+        let (error, attempts) = fatal_attempts(
+            ClientBuilder::new(format!("ws://{plain}/")).proxy(&bad),
+            policy,
+        )
+        .await;
         let Error::Proxy(p) = &error else {
             panic!("{bad}: expected a proxy error, got {error:?}");
         };
-        assert!(
-            matches!(p.status, Some(401 | 407)),
-            "{bad}: status {:?}",
-            p.status
-        );
+        let challenge = vec![r#"Basic realm="Tinyproxy""#.to_owned()];
+        assert_eq!(p.status, Some(status), "{bad}");
+        assert_eq!(p.authenticate, challenge, "{bad}");
         assert_eq!(attempts, 1, "{bad}: fatal at the first attempt");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![(Some(status), challenge)],
+            "{bad}: the hook decided once, with the status and challenge in hand"
+        );
     }
 }
 
-/// Runs a reconnecting client until it fails for good; returns the error and the attempts.
-async fn fatal_attempts(builder: ClientBuilder) -> (Error, u32) {
+/// Runs a reconnecting client with `policy` until it fails for good; returns the error and
+/// the attempts.
+async fn fatal_attempts(builder: ClientBuilder, policy: Policy) -> (Error, u32) {
     let attempts = Arc::new(Mutex::new(0u32));
     let counted = Arc::clone(&attempts);
     let mut conns = builder
         .open_timeout(Duration::from_secs(5))
         .reconnecting()
-        .policy(quick_policy())
+        .policy(policy)
         .on_event(move |e| {
             if let ReconnectEvent::Connecting { .. } = e {
                 *counted.lock().unwrap() += 1;
@@ -204,7 +248,7 @@ async fn an_https_proxy_carries_ws_and_wss() {
     // the server's TLS inside that.
     let pki = make_pki(&["localhost"]);
     let plain = echo_server(None).await;
-    let secure = echo_server(Some(&pki)).await;
+    let secure = echo_server_on(localhost().await, Some(&pki)).await;
     let tinyproxy = ProxyProcess::tinyproxy(None);
     let tls = tether::tls::server_config_from_pem(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes())
         .unwrap();
@@ -233,7 +277,7 @@ async fn an_https_proxy_carries_ws_and_wss() {
 async fn ws_and_wss_through_microsocks() {
     let pki = make_pki(&["localhost"]);
     let plain = echo_server(None).await;
-    let secure = echo_server(Some(&pki)).await;
+    let secure = echo_server_on(localhost().await, Some(&pki)).await;
     let proxy = ProxyProcess::microsocks(None);
     for scheme in ["socks5", "socks5h"] {
         let url = format!("{scheme}://127.0.0.1:{}", proxy.port());
@@ -245,16 +289,25 @@ async fn ws_and_wss_through_microsocks() {
 
 #[tokio::test]
 async fn microsocks_with_a_password_takes_the_right_one_only() {
+    let pki = make_pki(&["localhost"]);
     let plain = echo_server(None).await;
+    let named = echo_server_on(localhost().await, None).await;
+    let secure = echo_server_on(localhost().await, Some(&pki)).await;
     let proxy = ProxyProcess::microsocks(Some(("tether", "s3cret")));
-    let good = format!("socks5h://tether:s3cret@127.0.0.1:{}", proxy.port());
-    through(&good, "localhost", plain, None).await;
+    for scheme in ["socks5", "socks5h"] {
+        let good = format!("{scheme}://tether:s3cret@127.0.0.1:{}", proxy.port());
+        through(&good, "localhost", named, None).await;
+        through(&good, "localhost", secure, Some(&pki)).await;
+    }
     for bad in [
         format!("socks5h://tether:wrong@127.0.0.1:{}", proxy.port()),
         format!("socks5://127.0.0.1:{}", proxy.port()),
     ] {
-        let (error, attempts) =
-            fatal_attempts(ClientBuilder::new(format!("ws://{plain}/")).proxy(&bad)).await;
+        let (error, attempts) = fatal_attempts(
+            ClientBuilder::new(format!("ws://{plain}/")).proxy(&bad),
+            quick_policy(),
+        )
+        .await;
         assert_eq!(error.kind(), ErrorKind::Proxy, "{bad}: {error:?}");
         assert_eq!(attempts, 1, "{bad}: fatal at the first attempt: {error}");
     }
