@@ -175,9 +175,15 @@ fn session_server(
             if broadcast {
                 relay_session(session, id, &outboxes, &log).await;
             } else {
-                while let Some(Ok(msg)) = session.recv().await {
-                    log.message(&msg);
-                    if session.send(msg).await.is_err() {
+                // Each batch of lines and its echoes are recorded together (with a shared
+                // store), so that every line is echoed exactly once even when this process
+                // dies mid-way: a batch not yet answered is answered by the process the
+                // client resumes on.
+                while let Some(Ok(lines)) = session.recv_requests(64).await {
+                    for line in &lines {
+                        log.message(line);
+                    }
+                    if session.reply(lines).await.is_err() {
                         break;
                     }
                 }

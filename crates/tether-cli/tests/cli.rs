@@ -1360,6 +1360,57 @@ fn two_serve_processes_share_sessions_through_redis() {
 }
 
 #[test]
+fn a_serve_process_killed_mid_run_loses_and_repeats_no_echo() {
+    const N: usize = 2_000;
+    let redis = redis_server::Redis::start();
+    let store = redis.url();
+    let (mut first, port) = serve(&["--resume", "--session-store", &store]);
+    let (mut second, other) = serve(&["--resume", "--session-store", &store, "--json"]);
+    let relay = CuttableRelay::start(format!("127.0.0.1:{port}").parse().unwrap());
+    let url = format!("ws://{}/", relay.addr);
+    let mut client = spawn_owned(&quick(&url, &["--resume"]));
+    // Lines keep coming, one a millisecond, while the first process is killed: some are on
+    // their way to it, some of its echoes on their way back, some not yet recorded.
+    let mut input = client.stdin.take().expect("stdin is open");
+    let writer = std::thread::spawn(move || {
+        for i in 1..=N {
+            writeln!(input, "{i}").expect("write a line");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Dropping `input` ends the client's input.
+    });
+    let mut echoes = Vec::new();
+    while echoes.len() < 300 {
+        let event = client.next_event();
+        match event["event"].as_str() {
+            Some("message") => echoes.push(event["data"].as_str().unwrap().to_owned()),
+            Some("session_lost") | Some("fatal") => panic!("unexpected {event}"),
+            _ => {}
+        }
+    }
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    relay.retarget(other);
+    relay.cut();
+    echoes.extend(end_of_input(&mut client));
+    writer.join().unwrap();
+    let expected: Vec<String> = (1..=N).map(|i| i.to_string()).collect();
+    let first_wrong = echoes
+        .iter()
+        .zip(&expected)
+        .position(|(got, want)| got != want);
+    assert!(
+        echoes == expected,
+        "every line echoed exactly once, in order, through the SIGKILL: {} echoes, the \
+         first out of place at index {first_wrong:?}: {:?}",
+        echoes.len(),
+        first_wrong.map(|i| &echoes[i.saturating_sub(2)..(i + 3).min(echoes.len())]),
+    );
+    let resumed = second.wait_event("session");
+    assert_eq!(resumed["state"], "resumed", "{resumed}");
+}
+
+#[test]
 fn a_session_store_that_is_not_redis_is_a_usage_error() {
     let mut serve = Proc::spawn(&[
         "serve",
