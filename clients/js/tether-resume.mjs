@@ -97,8 +97,9 @@ function hex(id) {
  * - `WebSocket`: the constructor to use (default: the global one);
  * - `onmessage(data)`: each server message, `string` or `Uint8Array`;
  * - `onevent(event)`: `{type: "open", resumed, replayed}`, `{type: "closed", code, reason}`,
- *   `{type: "retry", delay}`, `{type: "lost", reason, unacknowledged}`, `{type: "ended",
- *   reason}`;
+ *   `{type: "retry", delay}`, `{type: "lost", reason, unacknowledged}`, `{type: "fatal",
+ *   reason}` (a protocol error, or a server without sessions; `ended` follows), `{type:
+ *   "ended", reason}`;
  * - `continueAfterLoss`: start a new session after a loss instead of ending (default false);
  * - `maxBufferedMessages` (4096), `maxBufferedBytes` (1 MiB): the replay buffer;
  * - `ackEvery` (32), `ackDelayMs` (100): acknowledgement coalescing;
@@ -148,10 +149,19 @@ export class ResumableSession {
     this.connect();
   }
 
-  /** Sends text or bytes; resolves once accepted into the replay buffer (waits while full). */
+  /**
+   * Sends text or bytes (an ArrayBuffer or a view of one); resolves once accepted into the
+   * replay buffer (waits while full; a message larger than the whole buffer goes alone).
+   */
   async send(data) {
     const kind = typeof data === "string" ? "text" : "binary";
-    const payload = kind === "text" ? data : new Uint8Array(data);
+    // A view (typed array, DataView) sends its own bytes, whatever its element type.
+    const payload =
+      kind === "text"
+        ? data
+        : ArrayBuffer.isView(data)
+          ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice()
+          : new Uint8Array(data);
     const size = kind === "text" ? textEncoder.encode(payload).length : payload.length;
     for (;;) {
       if (this.ended !== null || this.closing) throw new Error("the session is over");
@@ -178,6 +188,8 @@ export class ResumableSession {
     if (this.ws && this.up) {
       this.ws.close(1000);
     } else {
+      // No connection carries the session: a handshake under way must not go on to start one.
+      this.ws?.close(1000);
       this.end("closed");
     }
     await done;

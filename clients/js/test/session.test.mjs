@@ -1,6 +1,6 @@
 // The JavaScript client against tether's own server (`tether serve --resume`, the binary in
 // $TETHER_BIN, default target/debug/tether), through a TCP proxy of the test's own that can
-// cut every connection. Run: node --experimental-websocket --test clients/js/test/
+// cut every connection. Run: node --experimental-websocket --test clients/js/test/*.test.mjs
 // (scripts/test.sh does, after cargo has built the binary).
 
 import { test } from "node:test";
