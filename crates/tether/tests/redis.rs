@@ -733,6 +733,8 @@ async fn a_node_starts_without_redis_and_sessions_begin_once_it_is_up() {
     // A session is refused (1011) and tried again until Redis answers.
     let retries = Arc::new(AtomicU64::new(0));
     let r = Arc::clone(&retries);
+    let codes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let c = Arc::clone(&codes);
     let policy = Policy::default()
         .backoff(Backoff {
             initial: Duration::from_millis(50),
@@ -746,10 +748,14 @@ async fn a_node_starts_without_redis_and_sessions_begin_once_it_is_up() {
     let session = ClientBuilder::new(format!("ws://{}/", a.addr))
         .reconnecting()
         .policy(policy)
-        .on_event(move |e| {
-            if let tether::reconnect::ReconnectEvent::Connecting { .. } = e {
+        .on_event(move |e| match e {
+            tether::reconnect::ReconnectEvent::Connecting { .. } => {
                 r.fetch_add(1, Ordering::Relaxed);
             }
+            tether::reconnect::ReconnectEvent::Closed { code, .. } => {
+                c.lock().unwrap().push(*code);
+            }
+            _ => {}
         })
         .session()
         .start();
@@ -761,6 +767,13 @@ async fn a_node_starts_without_redis_and_sessions_begin_once_it_is_up() {
     .await
     .unwrap();
     assert!(!session.is_connected());
+    {
+        let codes = codes.lock().unwrap();
+        assert!(
+            !codes.is_empty() && codes.iter().all(|&c| c == Some(1011)),
+            "every refused session closed with 1011: {codes:?}"
+        );
+    }
     redis.restart();
     timeout(GUARD, take_numbers(&session, 5)).await.unwrap();
     assert!(session.is_connected());

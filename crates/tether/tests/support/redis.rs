@@ -22,28 +22,49 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-fn answers(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
+/// The process id of the Redis answering on `port`, if one does (`INFO server`).
+fn serving_pid(port: u16) -> Option<u32> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut buf = [0; 7];
-    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    s.write_all(b"INFO server\r\n").ok()?;
+    let mut text = Vec::new();
+    let mut buf = [0; 4096];
+    loop {
+        let seen = String::from_utf8_lossy(&text);
+        if let Some(start) = seen.find("process_id:").map(|i| i + "process_id:".len()) {
+            if let Some(len) = seen[start..].find("\r\n") {
+                return seen[start..start + len].parse().ok();
+            }
+        }
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 || text.len() > 64 << 10 {
+            return None;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
 }
 
 impl Redis {
     /// Starts one on a free port.
     pub(crate) fn start() -> Self {
-        let mut redis = Self {
-            child: None,
-            port: free_port(),
-        };
-        redis.spawn();
-        redis
+        for _ in 0..10 {
+            let mut redis = Self {
+                child: None,
+                port: free_port(),
+            };
+            // Another test's Redis may have taken the port between the two steps: then this
+            // one exits at once, and another port is tried.
+            if redis.spawn() {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start on any of 10 free ports");
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new(binary())
+    /// Starts `redis-server` on `self.port` and waits until it answers there; false if it
+    /// exited instead (the port was taken).
+    fn spawn(&mut self) -> bool {
+        let mut child = Command::new(binary())
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             // For `DEBUG SLEEP` (a Redis that stalls); it only listens on 127.0.0.1.
@@ -58,15 +79,20 @@ impl Redis {
                     binary()
                 )
             });
-        self.child = Some(child);
         let until = Instant::now() + Duration::from_secs(10);
-        while !answers(self.port) {
+        // Ours answers, not another test's Redis that got the port first.
+        while serving_pid(self.port) != Some(child.id()) {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
             assert!(
                 Instant::now() < until,
                 "redis-server did not answer in 10 s"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.child = Some(child);
+        true
     }
 
     /// Makes it stall for `seconds` (`DEBUG SLEEP`: it answers nobody meanwhile). Returns
@@ -96,7 +122,10 @@ impl Redis {
     /// Starts it again on the same port, empty.
     pub(crate) fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "redis-server could not listen on its port again"
+        );
     }
 }
 
