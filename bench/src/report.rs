@@ -484,17 +484,60 @@ fn targets(md: &mut String, results: &Results, echo: &EchoTable) {
         format!("≥ 5× the best peer, {}", WORKLOADS[2].label),
         vs_peer(2).and_then(|(v, t)| check(v, t, &|v| v >= 5.0)),
     );
+    let v = echo
+        .get(&(2, tether))
+        .zip(echo.get(&(2, raw)))
+        .map(|(t, r)| t.median / r.median);
+    row(
+        format!("≥ 0.9× raw TCP echo, {}", WORKLOADS[2].label),
+        v.and_then(|v| check(v, format!("{v:.2}×"), &|v| v >= 0.9)),
+    );
     for w in [3, 4] {
         row(
             format!("≥ 1.1× the best peer, {}", WORKLOADS[w].label),
             vs_peer(w).and_then(|(v, t)| check(v, t, &|v| v >= 1.1)),
         );
     }
+    // tether behind axum: the same connection code behind another accept path.
+    let axum = Impl::Axum.name();
+    for (w, workload) in WORKLOADS.iter().enumerate() {
+        let v = echo
+            .get(&(w, axum))
+            .zip(echo.get(&(w, tether)))
+            .map(|(a, t)| a.median / t.median);
+        row(
+            format!(
+                "tether-axum within 5% of tether's own server, {}",
+                workload.label
+            ),
+            v.and_then(|v| check(v, format!("{v:.2}×"), &|v| (v - 1.0).abs() <= 0.05)),
+        );
+    }
     let mem = memory_medians(&results.memory);
     row(
-        "≤ 3 KiB resident per idle connection".to_owned(),
+        "≤ 2 KiB resident per idle connection".to_owned(),
         mem.get(tether)
-            .and_then(|m| check(m.0, bytes(m.0), &|v| v <= 3.0 * 1024.0)),
+            .and_then(|m| check(m.0, bytes(m.0), &|v| v <= 2.0 * 1024.0)),
+    );
+    // Resumable sessions against plain connections, in the same run.
+    let sessions = summarize(&results.sessions);
+    for &w in &SESSION_WORKLOADS {
+        let v = sessions
+            .get(&(w, "sessions"))
+            .zip(sessions.get(&(w, "plain")))
+            .map(|(s, p)| s.median / p.median);
+        row(
+            format!("sessions ≥ 0.9× plain, {}", WORKLOADS[w].label),
+            v.and_then(|v| check(v, format!("{v:.2}×"), &|v| v >= 0.9)),
+        );
+    }
+    let idle = memory_medians(&results.session_memory);
+    row(
+        "an idle resumable session ≤ 2× an idle plain connection".to_owned(),
+        idle.get("sessions")
+            .zip(idle.get("plain"))
+            .map(|(s, p)| s.0 / p.0)
+            .and_then(|v| check(v, format!("{v:.2}×"), &|v| v <= 2.0)),
     );
     for r in results
         .micro
