@@ -209,7 +209,10 @@ async fn serve(
             tether::session::SessionServer::with_store(config, std::sync::Arc::new(store), echo)
         }
     };
-    let session_config = sessions.server_config(tether_config.clone());
+    // Shared, as tether's own `Server` shares its configuration: a copy per connection
+    // would be held for the connection's life by its task (280 bytes).
+    let session_config = std::sync::Arc::new(sessions.server_config(tether_config.clone()));
+    let tether_config = std::sync::Arc::new(tether_config);
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -222,10 +225,10 @@ async fn serve(
         let _ = tcp.set_nodelay(true);
         match kind {
             Impl::Raw => tokio::spawn(raw_echo(tcp)),
-            Impl::Tether => tokio::spawn(tether_echo(tcp, tether_config.clone())),
+            Impl::Tether => tokio::spawn(tether_echo(tcp, std::sync::Arc::clone(&tether_config))),
             Impl::TetherSessions => {
                 let sessions = sessions.clone();
-                let config = session_config.clone();
+                let config = std::sync::Arc::clone(&session_config);
                 tokio::spawn(async move {
                     // The session's future is made in a block: nothing else keeps a slot
                     // for the connection while it runs.
@@ -303,10 +306,11 @@ async fn raw_echo(mut tcp: TcpStream) {
 
 /// tether: `accept` on the hand-accepted stream, then the `recv`/`send` loop of the
 /// `Server` documentation.
-async fn tether_echo(tcp: TcpStream, config: tether::ServerConfig) {
+async fn tether_echo(tcp: TcpStream, config: std::sync::Arc<tether::ServerConfig>) {
     let Ok(Some((mut ws, _))) = tether::accept(tcp, &config).await else {
         return;
     };
+    drop(config);
     while let Some(Ok(msg)) = ws.recv().await {
         if ws.send(msg).await.is_err() {
             break;
