@@ -557,7 +557,53 @@ pub struct ShutdownHandle {
     signals: Arc<std::sync::Mutex<Vec<std::sync::Weak<CloseSignal>>>>,
 }
 
+impl Default for ShutdownHandle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ShutdownHandle {
+    /// A handle of its own, for connections that tether's [`Server`] did not accept: those
+    /// upgraded inside hyper or axum ([`upgrade`](crate::upgrade), the axum extractor) or
+    /// opened with [`WebSocket::from_raw`]. Register each with [`watch`](Self::watch); then
+    /// [`shutdown`](Self::shutdown) and [`restart`](Self::restart) close them as a
+    /// [`Server`]'s are closed. (A [`Server`]'s own handle, from
+    /// [`Server::shutdown_handle`], watches what it accepts by itself, and can watch more.)
+    pub fn new() -> Self {
+        Self {
+            state: Arc::new(ShutdownState::default()),
+            signals: Arc::default(),
+        }
+    }
+
+    /// Closes `ws` when this handle shuts down: with 1001 (going away) on
+    /// [`shutdown`](Self::shutdown), 1012 (service restart) on [`restart`](Self::restart), at
+    /// once if one of them was already called. The task that owns `ws` sees the closing
+    /// handshake through its `recv`, which returns `None` once it is done (or after the close
+    /// timeout): a `while let Some(..) = ws.recv().await` loop ends by itself. Replaces the
+    /// handle `ws` was watched by before, if any.
+    pub fn watch<S: AsyncRead + AsyncWrite + Unpin>(&self, ws: &mut WebSocket<S>) {
+        let signal = Arc::new(CloseSignal::default());
+        {
+            let mut signals = self.signals.lock().unwrap_or_else(|e| e.into_inner());
+            if signals.len() == signals.capacity() {
+                // Prune closed connections only when the list would grow: amortised O(1).
+                signals.retain(|w| w.strong_count() > 0);
+            }
+            signals.push(Arc::downgrade(&signal));
+        }
+        if self.state.is_set() {
+            signal.request(self.state.code());
+        }
+        ws.set_close_signal(signal);
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) or [`restart`](Self::restart) was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.state.is_set()
+    }
+
     /// Stops accepting, answers handshakes in progress with 503, and closes every open
     /// connection with 1001 (going away). [`Server::serve`] returns once all connections
     /// ended (or after their close timeout).
@@ -689,10 +735,7 @@ impl Server {
         Self {
             listener,
             config: Arc::new(config),
-            handle: ShutdownHandle {
-                state: Arc::new(ShutdownState::default()),
-                signals: Arc::default(),
-            },
+            handle: ShutdownHandle::new(),
             handshakes: Arc::default(),
             connections: Arc::default(),
             refusing: Arc::default(),
@@ -917,19 +960,7 @@ async fn open(
     else {
         return Ok(None);
     };
-    let signal = Arc::new(CloseSignal::default());
-    {
-        let mut signals = handle.signals.lock().unwrap_or_else(|e| e.into_inner());
-        if signals.len() == signals.capacity() {
-            // Prune closed connections only when the list would grow: amortised O(1).
-            signals.retain(|w| w.strong_count() > 0);
-        }
-        signals.push(Arc::downgrade(&signal));
-    }
-    if handle.state.is_set() {
-        signal.request(handle.state.code());
-    }
-    ws.set_close_signal(signal);
+    handle.watch(&mut ws);
     Ok(Some((ws, request)))
 }
 

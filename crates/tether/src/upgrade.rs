@@ -14,10 +14,13 @@
 //! frame and fragment limits, keepalive pings and their timeout, the close timeout, the write
 //! buffer's water marks, compression), its subprotocols and its hooks; all behave as on
 //! tether's own server. Its TLS settings, open timeout and head limits are not used: the
-//! framework owns the socket and reads the head. Nor is a connection closed by
-//! [`ShutdownHandle::shutdown`](crate::ShutdownHandle::shutdown); close it yourself when the
-//! framework shuts down. tether's server sets `TCP_NODELAY` on every accepted socket; do the
-//! same on the sockets you hand to hyper.
+//! framework owns the socket and reads the head. Graceful shutdown: the framework's own does
+//! not close upgraded connections, so make one [`ShutdownHandle`](crate::ShutdownHandle)
+//! (`ShutdownHandle::new()`) for the app, have each handler
+//! [`watch`](crate::ShutdownHandle::watch) its connection, and call
+//! [`shutdown`](crate::ShutdownHandle::shutdown) (1001) or
+//! [`restart`](crate::ShutdownHandle::restart) (1012) when the app stops. tether's server
+//! sets `TCP_NODELAY` on every accepted socket; do the same on the sockets you hand to hyper.
 //!
 //! With the `http2` feature (and a hyper HTTP/2 server built with
 //! `enable_connect_protocol()`), WebSocket over HTTP/2 (RFC 8441) is accepted as well: an

@@ -732,3 +732,68 @@ async fn extended_connect_over_h2c_reaches_the_axum_route() {
     assert_eq!(seen.extensions.as_deref(), Some(answer.as_str()));
     assert_eq!(seen.echoed, 2);
 }
+
+/// A graceful shutdown reaches the app's WebSockets too: each handler watches its connection
+/// with one `ShutdownHandle`; `restart()` closes every one with 1012 and each handler's
+/// `recv` loop ends by itself, and a connection upgraded afterwards is closed at once.
+#[tokio::test]
+async fn a_shutdown_handle_closes_the_apps_websockets_with_its_code() {
+    let shutdown = tether::ShutdownHandle::new();
+    let (ended_tx, mut ended) = unbounded_channel();
+    let watching = shutdown.clone();
+    let app = Router::new().route(
+        "/ws",
+        get(move |ws: WebSocketUpgrade| {
+            let shutdown = watching.clone();
+            let ended = ended_tx.clone();
+            async move {
+                ws.on_upgrade(move |mut ws: UpgradedWebSocket| async move {
+                    shutdown.watch(&mut ws);
+                    while let Some(Ok(msg)) = ws.recv().await {
+                        if ws.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = ended.send(ws.close_code());
+                })
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local_addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("ws://{addr}/ws");
+
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut ws = within("connect", ClientBuilder::new(&url).connect())
+            .await
+            .expect("connect");
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let echo = within("the echo", ws.recv()).await;
+        assert!(matches!(echo, Some(Ok(m)) if m == Message::text(format!("hello {i}"))));
+        clients.push(ws);
+    }
+    assert!(!shutdown.is_shutting_down());
+    shutdown.restart();
+    for ws in &mut clients {
+        while let Some(msg) = within("the close", ws.recv()).await {
+            assert!(msg.is_ok(), "{msg:?}");
+        }
+        assert_eq!(ws.close_code(), 1012, "closed for a restart");
+    }
+    for _ in 0..3 {
+        let code = within("a handler ends", ended.recv()).await;
+        assert_eq!(code, Some(1012), "the handler's loop ended with the close");
+    }
+    assert!(shutdown.is_shutting_down());
+    // Upgraded after the restart began: closed at once, with the same code.
+    let mut late = within("connect", ClientBuilder::new(&url).connect())
+        .await
+        .expect("connect");
+    while let Some(msg) = within("the close", late.recv()).await {
+        assert!(msg.is_ok(), "{msg:?}");
+    }
+    assert_eq!(late.close_code(), 1012);
+    assert_eq!(within("a handler ends", ended.recv()).await, Some(1012));
+}
