@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use tether::reconnect::ReconnectEvent;
-use tether::session::{OnLost, SessionEvent};
-use tether::{ClientBuilder, Error, Policy};
+use tether::session::{OnLost, SessionEvent, SessionHandle};
+use tether::{ClientBuilder, Error, Message, Policy};
 
 use crate::args::ConnectArgs;
 use crate::input::{self, InputEvent};
@@ -61,32 +61,34 @@ pub(crate) async fn run(
     let mut input = input::start();
     loop {
         tokio::select! {
-            received = session.recv() => match received {
-                Some(Ok(msg)) => {
-                    out.message(&msg);
-                    if args.echo && session.send(msg).await.is_err() {
-                        return EXIT_FATAL;
-                    }
+            received = session.recv() => {
+                if let Some(exit) = take(received, &session, args, &out, &attempt).await {
+                    return exit;
                 }
-                // Reported by the event; with --reconnect a new session goes on.
-                Some(Err(Error::SessionLost(_))) if args.reconnect => {}
-                Some(Err(Error::SessionLost(_))) => return EXIT_FATAL,
-                Some(Err(e)) => {
-                    // The reconnect loop reported its own fatal errors; the session's (a
-                    // server without sessions, a broken protocol) are reported here.
-                    if matches!(e, Error::SessionsNotOffered | Error::Session(_)) {
-                        out.fatal(attempt.load(Ordering::Relaxed).max(1), &e);
-                    }
-                    return EXIT_FATAL;
-                }
-                // The server ended the session (close 1000).
-                None => return EXIT_OK,
-            },
+            }
             event = input.recv() => match event {
                 Some(InputEvent::Line(line)) => {
-                    // Waits while the replay buffer is full: backpressure on standard input.
-                    if session.send(line).await.is_err() {
-                        return EXIT_FATAL;
+                    // Waits while the replay buffer is full (backpressure on standard input),
+                    // taking what arrives meanwhile: the server makes room only once its
+                    // messages are taken, so not taking them would stop both sides.
+                    let send = session.send(line);
+                    tokio::pin!(send);
+                    loop {
+                        tokio::select! {
+                            sent = &mut send => {
+                                if sent.is_err() {
+                                    return EXIT_FATAL;
+                                }
+                                break;
+                            }
+                            received = session.recv() => {
+                                if let Some(exit) =
+                                    take(received, &session, args, &out, &attempt).await
+                                {
+                                    return exit;
+                                }
+                            }
+                        }
                     }
                 }
                 Some(InputEvent::Interrupt) => return EXIT_INTERRUPTED,
@@ -96,10 +98,43 @@ pub(crate) async fn run(
     }
 }
 
+/// Handles what the session's `recv` returned: prints a message (and sends it back with
+/// `--echo`) and returns `None` to go on, or the exit status.
+async fn take(
+    received: Option<tether::Result<Message>>,
+    session: &SessionHandle,
+    args: &ConnectArgs,
+    out: &Output,
+    attempt: &AtomicU32,
+) -> Option<i32> {
+    match received {
+        Some(Ok(msg)) => {
+            out.message(&msg);
+            if args.echo && session.send(msg).await.is_err() {
+                return Some(EXIT_FATAL);
+            }
+            None
+        }
+        // Reported by the event; with --reconnect a new session goes on.
+        Some(Err(Error::SessionLost(_))) if args.reconnect => None,
+        Some(Err(Error::SessionLost(_))) => Some(EXIT_FATAL),
+        Some(Err(e)) => {
+            // The reconnect loop reported its own fatal errors; the session's (a server
+            // without sessions, a broken protocol) are reported here.
+            if matches!(e, Error::SessionsNotOffered | Error::Session(_)) {
+                out.fatal(attempt.load(Ordering::Relaxed).max(1), &e);
+            }
+            Some(EXIT_FATAL)
+        }
+        // The server ended the session (close 1000).
+        None => Some(EXIT_OK),
+    }
+}
+
 /// End of input: waits until the server acknowledged every line (printing what still
 /// arrives), then closes the session with 1000.
 async fn finish(
-    session: &tether::session::SessionHandle,
+    session: &SessionHandle,
     out: &Output,
     input: &mut tokio::sync::mpsc::Receiver<InputEvent>,
 ) -> i32 {
