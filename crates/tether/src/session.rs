@@ -795,6 +795,12 @@ async fn recv_batch_on(handle: &SessionHandle, max: usize) -> Option<Result<Vec<
 }
 
 impl SessionSender {
+    /// As [`SessionHandle::is_connected`]: true while a connection carries the session (a
+    /// producer can tell whether what it sends goes out now or waits for a resume).
+    pub fn is_connected(&self) -> bool {
+        self.shared.lock().link != 0
+    }
+
     /// As [`SessionHandle::send`].
     pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
         send_on(&self.shared, msg.into(), None).await

@@ -563,7 +563,7 @@ async fn sessions_survive_random_cuts_across_three_nodes() {
     let moves = handlers.restored();
     println!(
         "{} faults, {} resumes, {} connections, {} handlers, {moves} moves to another node",
-        cuts.load(Ordering::Relaxed),
+        cuts.total(),
         c.resumes.load(Ordering::Relaxed),
         proxy.accepted(),
         handlers.by_id.len(),

@@ -7,10 +7,11 @@
 
 mod support;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use support::chaos_proxy::{Chaos, ChaosProxy};
+use support::chaos_proxy::{Breaks, Chaos, ChaosProxy};
 use support::numbered::{message, number};
 use support::session_client::Client;
 use tether::session::{SessionHandle, SessionServer, SessionServerConfig};
@@ -73,15 +74,26 @@ async fn run(compression: bool) {
     // The server: takes the client's numbers and sends its own, paced, whatever the state
     // of the connection; reports what it took.
     let (taken_tx, mut taken_rx) = mpsc::unbounded_channel();
+    // Server messages whose send returned while no connection carried the session.
+    let sent_away = Arc::new(AtomicU64::new(0));
+    let away = Arc::clone(&sent_away);
     let sessions = SessionServer::new(SessionServerConfig::default(), move |session| {
         let taken_tx = taken_tx.clone();
+        let away = Arc::clone(&away);
         async move {
             let sender = session.sender();
             let sending = tokio::spawn(async move {
                 send_all(
                     |m| {
                         let sender = sender.clone();
-                        tokio::spawn(async move { sender.send(m).await.is_ok() })
+                        let away = Arc::clone(&away);
+                        tokio::spawn(async move {
+                            let sent = sender.send(m).await.is_ok();
+                            if sent && !sender.is_connected() {
+                                away.fetch_add(1, Ordering::Relaxed);
+                            }
+                            sent
+                        })
                     },
                     's',
                 )
@@ -132,16 +144,32 @@ async fn run(compression: bool) {
     let server_taken = timeout(GUARD, taken_rx.recv()).await.unwrap().unwrap();
 
     let resumes = resumes.load(Ordering::Relaxed);
+    let kinds = cuts.each();
+    let sent_away = sent_away.load(Ordering::Relaxed);
     println!(
         "compression {compression}: client took {client_taken}, server took {server_taken}, \
-         {} faults, {resumes} resumes, {} connections through the proxy",
-        cuts.load(Ordering::Relaxed),
+         {} faults ({}), {resumes} resumes, {sent_away} server messages sent while the client \
+         was away, {} connections through the proxy",
+        cuts.total(),
+        Breaks::KINDS
+            .iter()
+            .zip(kinds)
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         proxy.accepted()
     );
     assert_eq!(client_taken, MESSAGES);
     assert_eq!(server_taken, MESSAGES);
     assert_eq!(lost.load(Ordering::Relaxed), 0, "no session lost");
     assert!(resumes >= MIN_RESUMES, "only {resumes} resumes");
+    for (kind, n) in Breaks::KINDS.iter().zip(kinds) {
+        assert!(n > 0, "no {kind} fault happened: {kinds:?}");
+    }
+    assert!(
+        sent_away > 0,
+        "the server never sent while the client was away"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -334,16 +334,36 @@ pub(crate) enum Chaos {
     Everything,
 }
 
+/// How many breaks of each kind [`ChaosProxy::break_at_random`] made: RST, FIN, mid-frame,
+/// blackhole, opening handshake cut short (in that order).
+#[derive(Debug, Default)]
+pub(crate) struct Breaks([AtomicU64; 5]);
+
+impl Breaks {
+    pub(crate) const KINDS: [&'static str; 5] =
+        ["rst", "fin", "mid-frame", "blackhole", "handshake cut"];
+
+    /// All the breaks made.
+    pub(crate) fn total(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The breaks of each kind, in the order of [`Breaks::KINDS`].
+    pub(crate) fn each(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed))
+    }
+}
+
 impl ChaosProxy {
     /// Breaks every connection carried every 50–500 ms, in the ways `chaos` names, until the
-    /// task is aborted; the counter counts the breaks.
+    /// task is aborted; counts the breaks of each kind.
     pub(crate) fn break_at_random(
         &self,
         chaos: Chaos,
-    ) -> (tokio::task::JoinHandle<()>, Arc<AtomicU64>) {
+    ) -> (tokio::task::JoinHandle<()>, Arc<Breaks>) {
         use rand::Rng as _;
         let proxy = self.clone();
-        let breaks = Arc::new(AtomicU64::new(0));
+        let breaks = Arc::new(Breaks::default());
         let counted = Arc::clone(&breaks);
         let kinds = match chaos {
             Chaos::Resets => 1,
@@ -372,7 +392,7 @@ impl ChaosProxy {
                         proxy.fault(Fault::Rst);
                     }
                 }
-                counted.fetch_add(1, Ordering::Relaxed);
+                counted.0[pick].fetch_add(1, Ordering::Relaxed);
             }
         });
         (task, breaks)
