@@ -1374,6 +1374,31 @@ fn a_session_the_server_cannot_resume_is_reported_then_exit_1_or_a_new_session()
 }
 
 #[test]
+fn a_session_away_longer_than_its_ttl_is_lost_as_expired() {
+    let (_server, port) = serve(&["--resume", "--session-ttl", "0.5"]);
+    let relay = CuttableRelay::start(format!("127.0.0.1:{port}").parse().unwrap());
+    let url = format!("ws://{}/", relay.addr);
+    let mut client = spawn_owned(&quick(&url, &["--resume"]));
+    client.write("one\n");
+    assert_eq!(client.wait_event("message")["data"], "one");
+    // Away for three times the TTL: every reconnect reaches a port where nothing listens.
+    relay.retarget(free_port());
+    relay.cut();
+    client.wait_event("closed");
+    std::thread::sleep(Duration::from_millis(1_500));
+    relay.retarget(port);
+    let lost = client.wait_event("session_lost");
+    assert_eq!(lost["reason"], "expired", "{lost}");
+    // With --reconnect (which `quick` gives), a new session starts.
+    let open = client.wait_event("open");
+    assert_eq!(open["resumed"], false, "{open}");
+    client.write("two\n");
+    assert_eq!(client.wait_event("message")["data"], "two");
+    client.close_stdin();
+    assert_eq!(client.wait_exit(), 0);
+}
+
+#[test]
 fn two_serve_processes_share_sessions_through_redis() {
     let redis = redis_server::Redis::start();
     let store = redis.url();
