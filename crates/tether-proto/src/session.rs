@@ -566,9 +566,16 @@ impl Session {
     /// and not yet taken are dropped (the peer sends them again after the resume, since they
     /// were never acknowledged).
     pub fn link_down(&mut self) {
+        self.link_closed();
+        self.inbox.clear();
+    }
+
+    /// The connection ended with the session itself (a closing handshake with 1000): as
+    /// [`link_down`](Self::link_down), except that what arrived stays for
+    /// [`poll_message`](Self::poll_message), since no later connection will bring it again.
+    pub fn link_closed(&mut self) {
         self.up = false;
         self.transmit.clear();
-        self.inbox.clear();
         self.ack_deadline = None;
     }
 
@@ -607,6 +614,32 @@ impl Session {
     /// is: record it before sending [`Control::Hello`] or [`Control::Welcome`].
     pub fn hold_acks(&mut self) {
         self.confirmed = self.delivered;
+    }
+
+    /// Holds back the acknowledgement of deliveries made from now on, until
+    /// [`release_acks`](Self::release_acks): for a driver whose application answers
+    /// requests, so that a request is acknowledged only once its answer is queued. A hold
+    /// already in place (this one's, or [`hold_acks`](Self::hold_acks)'s) is kept as it is.
+    pub fn hold_new_acks(&mut self) {
+        if self.confirmed == NOT_HELD {
+            self.confirmed = self.delivered;
+        }
+    }
+
+    /// Ends a hold of [`hold_new_acks`](Self::hold_new_acks): every delivery may be
+    /// acknowledged again (within the usual count and timer). Not for a driver that uses
+    /// [`hold_acks`](Self::hold_acks), whose hold is for good.
+    pub fn release_acks(&mut self, now: Instant) {
+        if self.confirmed != NOT_HELD {
+            self.confirmed = NOT_HELD;
+            self.schedule_ack(now);
+        }
+    }
+
+    /// True while acknowledgements are held back ([`hold_acks`](Self::hold_acks),
+    /// [`hold_new_acks`](Self::hold_new_acks)).
+    pub fn acks_held(&self) -> bool {
+        self.confirmed != NOT_HELD
     }
 
     /// The first `delivered` deliveries are recorded: they may be acknowledged (within the

@@ -580,6 +580,87 @@ fn held_acknowledgements_wait_for_the_store_to_confirm_deliveries() {
     pair.settle_confirming();
 }
 
+#[test]
+fn messages_that_arrived_before_a_graceful_close_can_still_be_taken() {
+    let config = SessionConfig::default();
+    for graceful in [true, false] {
+        let mut pair = Pair::new(&config);
+        for _ in 0..3 {
+            pair.server.send();
+        }
+        pair.pump(3);
+        assert!(pair.client.session.has_message());
+        if graceful {
+            // The session ended with a closing handshake: nothing will bring these again.
+            pair.client.session.link_closed();
+            let mut taken = 0;
+            while pair.client.session.poll_message(pair.now).is_some() {
+                taken += 1;
+            }
+            assert_eq!(taken, 3, "what arrived is still taken");
+        } else {
+            // A connection lost mid-session: the peer replays what was not taken.
+            pair.client.session.link_down();
+            assert!(!pair.client.session.has_message());
+        }
+    }
+}
+
+#[test]
+fn acknowledgements_held_for_a_batch_of_requests_go_once_it_is_answered() {
+    let config = SessionConfig {
+        ack_every: 2,
+        ..SessionConfig::default()
+    };
+    let mut pair = Pair::new(&config);
+    // Two requests taken and acknowledged as usual (the count of 2 is reached).
+    for _ in 0..2 {
+        pair.client.send();
+    }
+    pair.pump(2);
+    let now = pair.now;
+    pair.server.take(2, now);
+    let (_, ack) = pair.server.session.poll_transmit().unwrap();
+    assert_eq!(
+        Control::decode(&ack).ok(),
+        Some(Control::Ack { delivered: 2 })
+    );
+    // A batch of three taken under a hold: neither the count nor the timer acknowledges it.
+    pair.server.session.hold_new_acks();
+    assert!(pair.server.session.acks_held());
+    for _ in 0..3 {
+        pair.client.send();
+    }
+    pair.pump(3);
+    let now = pair.now;
+    pair.server.take(3, now);
+    assert_eq!(pair.server.session.delivered(), 5);
+    assert_eq!(pair.server.session.ackable(), 2);
+    // Holding again (a second batch before the answer) keeps the first hold's count.
+    pair.server.session.hold_new_acks();
+    assert_eq!(pair.server.session.ackable(), 2);
+    pair.tick(1_000);
+    assert!(pair.server.session.poll_transmit().is_none(), "no ACK yet");
+    // The answers go out, then the release acknowledges all five.
+    pair.server.send();
+    let now = pair.now;
+    pair.server.session.release_acks(now);
+    assert!(!pair.server.session.acks_held());
+    let mut sent = Vec::new();
+    while let Some((opcode, payload)) = pair.server.session.poll_transmit() {
+        sent.push(Control::decode(&payload).ok().map(|c| (opcode, c)));
+    }
+    assert_eq!(sent.len(), 2, "the answer, then the ACK: {sent:?}");
+    assert_eq!(
+        sent[1],
+        Some((OpCode::Binary, Control::Ack { delivered: 5 }))
+    );
+    // Releasing with no hold does nothing.
+    let now = pair.now;
+    pair.server.session.release_acks(now);
+    assert!(pair.server.session.poll_transmit().is_none());
+}
+
 impl Pair {
     /// As [`settle`](Self::settle), with the server confirming every delivery as it goes.
     fn settle_confirming(&mut self) {

@@ -360,7 +360,13 @@ impl Shared {
             st.errors.push_back(e);
         }
         let id = st.session.id();
-        st.session.link_down();
+        if self.durable.is_none() && matches!(reason, EndReason::Closed | EndReason::ClosedByPeer) {
+            // What arrived before the closing handshake is still the application's to take
+            // (`recv` returns it, then `None`).
+            st.session.link_closed();
+        } else {
+            st.session.link_down();
+        }
         st.link = 0;
         st.ended = Some(reason.clone());
         self.to_link.notify_waiters();
@@ -778,7 +784,7 @@ async fn take_waiting(
 /// `recv_batch` of a session outside a shared store: waits for one message, then takes what
 /// else is waiting, up to `max`.
 async fn recv_batch_on(handle: &SessionHandle, max: usize) -> Option<Result<Vec<Message>>> {
-    let first = match handle.recv().await? {
+    let first = match recv_waiting(&handle.shared).await? {
         Ok(msg) => msg,
         Err(e) => return Some(Err(e)),
     };
@@ -952,6 +958,7 @@ impl SessionHandle {
         if let Some(durable) = &shared.durable {
             return recv_durable(shared, durable, max).await;
         }
+        release_acks(shared, &mut shared.lock());
         recv_batch_on(self, max.max(1)).await
     }
 
@@ -962,16 +969,28 @@ impl SessionHandle {
     /// answer is not sent from here, and the requests are delivered again to the handler
     /// there: every request is answered exactly once. (Effects of the first handling other
     /// than the answer may happen twice: make them idempotent, or keyed by
-    /// `(session.id(), request number)`.) Without a shared store, the same as `recv_batch`.
+    /// `(session.id(), request number)`.) Without a shared store, the requests are taken as
+    /// by `recv_batch`.
     ///
-    /// Until `reply` (or [`recv`](Self::recv) / `recv_batch`, which record every delivery
-    /// taken before theirs), the requests are not acknowledged to the client: reply to each
-    /// batch, with no messages if there is nothing to answer.
+    /// With either store, the requests are not acknowledged to the client until `reply` (or
+    /// [`recv`](Self::recv) / `recv_batch`, which acknowledge every delivery taken before
+    /// theirs), so the answers reach the client before the acknowledgement does: a client
+    /// that closes once everything it sent is acknowledged has had every answer. Reply to
+    /// each batch, with no messages if there is nothing to answer.
     ///
     /// **Cancel safety:** cancel-safe.
     pub async fn recv_requests(&self, max: usize) -> Option<Result<Vec<Message>>> {
         let shared = &*self.shared;
         let Some(durable) = &shared.durable else {
+            // Acknowledged once answered, as with a shared store: what this batch takes is
+            // not acknowledged until `reply` has queued the answers (which then go out
+            // before, or with, the acknowledgement).
+            {
+                let mut st = shared.lock();
+                if st.resume {
+                    st.session.hold_new_acks();
+                }
+            }
             return recv_batch_on(self, max.max(1)).await;
         };
         let mut turn = durable.recv_turn.lock().await;
@@ -997,7 +1016,9 @@ impl SessionHandle {
         if shared.lock().ended.is_some() {
             return Err(Error::ConnectionClosed);
         }
-        self.send_batch(replies, None).await
+        let sent = self.send_batch(replies, None).await;
+        release_acks(shared, &mut shared.lock());
+        sent
     }
 
     /// Sets the session's mark without sending (for example a feed's position when the
@@ -1025,19 +1046,15 @@ impl SessionHandle {
                 .await
                 .map(|r| r.map(|mut msgs| msgs.remove(0)));
         }
-        // Fast path: a message is waiting (no waiter registered).
-        if let Some(ready) = try_recv(shared, &mut shared.lock()) {
-            return ready;
-        }
-        loop {
-            let notified = shared.to_recv.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(ready) = try_recv(shared, &mut shared.lock()) {
+        {
+            let mut st = shared.lock();
+            release_acks(shared, &mut st);
+            // Fast path: a message is waiting (no waiter registered).
+            if let Some(ready) = try_recv(shared, &mut st) {
                 return ready;
             }
-            notified.await;
         }
+        recv_waiting(shared).await
     }
 
     /// Ends the session gracefully: waits until the peer acknowledged every message sent
@@ -1082,6 +1099,38 @@ impl SessionHandle {
     /// How the session ended, once it did.
     pub fn end_reason(&self) -> Option<EndReason> {
         self.shared.lock().ended.clone()
+    }
+}
+
+/// `recv` of a session without a shared store: the next message, waiting for it if need
+/// be. (`recv_batch_on` starts with it, as it must not end a hold of `recv_requests`.)
+async fn recv_waiting(shared: &Shared) -> Option<Result<Message>> {
+    // Fast path: a message is waiting (no waiter registered).
+    if let Some(ready) = try_recv(shared, &mut shared.lock()) {
+        return ready;
+    }
+    loop {
+        let notified = shared.to_recv.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(ready) = try_recv(shared, &mut shared.lock()) {
+            return ready;
+        }
+        notified.await;
+    }
+}
+
+/// Ends a hold of `recv_requests` (a session without a shared store): what was taken since
+/// may be acknowledged, and the link is woken if that gives it something to do.
+fn release_acks(shared: &Shared, st: &mut State) {
+    if !st.resume || !st.session.acks_held() {
+        return;
+    }
+    let timer_before = st.session.poll_timeout();
+    st.session.release_acks(now());
+    if st.session.has_transmit() || (timer_before.is_none() && st.session.poll_timeout().is_some())
+    {
+        shared.to_link.notify_waiters();
     }
 }
 

@@ -396,6 +396,57 @@ fn welcome_of(control: Control) -> (tether::session::SessionId, bool, u64, Strin
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn requests_are_acknowledged_only_once_answered_without_a_store() {
+    // The handler takes a batch of requests and answers it only when told to.
+    let answer = Arc::new(tokio::sync::Notify::new());
+    let go = Arc::clone(&answer);
+    let sessions = SessionServer::new(SessionServerConfig::default(), move |session| {
+        let go = Arc::clone(&go);
+        async move {
+            while let Some(Ok(requests)) = session.recv_requests(64).await {
+                go.notified().await;
+                let replies = requests
+                    .iter()
+                    .map(|r| Message::text(format!("re {}", r.as_text().unwrap_or(""))))
+                    .collect();
+                if session.reply(replies).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut ws = raw_connection(&sessions).await;
+    greet(&mut ws, None).await;
+    for r in ["r1", "r2", "r3"] {
+        ws.send(Message::text(r)).await.unwrap();
+    }
+    // Taken but not answered: no acknowledgement, whatever the count and the timer say.
+    assert!(
+        timeout(Duration::from_secs(10), ws.recv()).await.is_err(),
+        "nothing comes back before the answers"
+    );
+    answer.notify_one();
+    // The answers, then the acknowledgement of all three.
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        match timeout(GUARD, ws.recv()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => got.push(t.as_str().to_owned()),
+            Some(Ok(Message::Binary(b))) => got.push(format!("{:?}", Control::decode(&b).unwrap())),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        got,
+        [
+            "re r1".to_owned(),
+            "re r2".to_owned(),
+            "re r3".to_owned(),
+            format!("{:?}", Control::Ack { delivered: 3 }),
+        ]
+    );
+}
+
 /// A server whose handler sends `count` messages as soon as the session starts and
 /// reports how far it got.
 fn sending_server(
