@@ -7,6 +7,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import { ResumableSession, SUBPROTOCOL, encodeAck, encodeHello } from "../tether-resume.mjs";
+import { waitFor as waitUntil } from "./wait.mjs";
 
 const GUARD_MS = 5000;
 const ID = new Uint8Array(16).fill(9);
@@ -79,15 +80,7 @@ function up(ws, resumed = false, delivered = 0) {
 }
 
 function waitFor(predicate, what) {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const tick = () => {
-      if (predicate()) return resolve();
-      if (Date.now() - started > GUARD_MS) return reject(new Error(`timed out waiting for ${what}`));
-      setTimeout(tick, 2);
-    };
-    tick();
-  });
+  return waitUntil(predicate, what, GUARD_MS, 2);
 }
 
 const settle = () => new Promise((resolve) => setTimeout(resolve, 10));

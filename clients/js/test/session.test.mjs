@@ -11,6 +11,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { ResumableSession, decodeControl, encodeAck, encodeHello } from "../tether-resume.mjs";
+import { waitFor as waitUntil } from "./wait.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const BIN = process.env.TETHER_BIN || path.join(here, "../../../target/debug/tether");
@@ -68,15 +69,7 @@ function proxy(target) {
 }
 
 function waitFor(predicate, what) {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const tick = () => {
-      if (predicate()) return resolve();
-      if (Date.now() - started > GUARD_MS) return reject(new Error(`timed out waiting for ${what}`));
-      setTimeout(tick, 5);
-    };
-    tick();
-  });
+  return waitUntil(predicate, what, GUARD_MS, 5);
 }
 
 // Reconnects at once after a cut (no spread), so that every cut finds a connection to cut.

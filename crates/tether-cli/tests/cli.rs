@@ -1291,7 +1291,6 @@ fn resume_delivers_a_fast_pipe_of_more_lines_than_both_buffers_hold_once_and_in_
     });
     let echoes = end_of_input(&mut client);
     writer.join().unwrap();
-    let expected: Vec<String> = (1..=N).map(|i| i.to_string()).collect();
     // The server took every line exactly once, in order.
     let mut taken = Vec::with_capacity(N);
     while taken.len() < N {
@@ -1300,25 +1299,23 @@ fn resume_delivers_a_fast_pipe_of_more_lines_than_both_buffers_hold_once_and_in_
             taken.push(event["data"].as_str().unwrap().to_owned());
         }
     }
-    let first_wrong = taken
-        .iter()
-        .zip(&expected)
-        .position(|(got, want)| got != want);
-    assert!(
-        taken == expected,
-        "the server took each line once, in order; first out of place at {first_wrong:?}"
-    );
+    assert_numbered(&taken, N, "the server took each line once, in order");
     // And every echo came back once, in order: `serve --resume` acknowledges a batch of
     // lines only once its echoes are queued, so the client, which closes once every line is
     // acknowledged, has had them all.
-    let first_wrong = echoes
-        .iter()
-        .zip(&expected)
-        .position(|(got, want)| got != want);
+    assert_numbered(&echoes, N, "every line echoed once, in order");
+}
+
+/// Asserts that `got` is exactly "1", "2", … `n`; a failure says where it first went wrong
+/// (not the whole list).
+fn assert_numbered(got: &[String], n: usize, what: &str) {
+    let expected: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+    let first_wrong = got.iter().zip(&expected).position(|(g, want)| g != want);
     assert!(
-        echoes == expected,
-        "{} echoes, the first out of place at {first_wrong:?}",
-        echoes.len()
+        got == expected,
+        "{what}: {} of {n}, the first out of place at index {first_wrong:?}: {:?}",
+        got.len(),
+        first_wrong.map(|i| &got[i.saturating_sub(2)..(i + 3).min(got.len())]),
     );
 }
 
@@ -1465,17 +1462,10 @@ fn a_serve_process_killed_mid_run_loses_and_repeats_no_echo() {
     relay.cut();
     echoes.extend(end_of_input(&mut client));
     writer.join().unwrap();
-    let expected: Vec<String> = (1..=N).map(|i| i.to_string()).collect();
-    let first_wrong = echoes
-        .iter()
-        .zip(&expected)
-        .position(|(got, want)| got != want);
-    assert!(
-        echoes == expected,
-        "every line echoed exactly once, in order, through the SIGKILL: {} echoes, the \
-         first out of place at index {first_wrong:?}: {:?}",
-        echoes.len(),
-        first_wrong.map(|i| &echoes[i.saturating_sub(2)..(i + 3).min(echoes.len())]),
+    assert_numbered(
+        &echoes,
+        N,
+        "every line echoed exactly once, in order, through the SIGKILL",
     );
     let resumed = second.wait_event("session");
     assert_eq!(resumed["state"], "resumed", "{resumed}");

@@ -719,32 +719,10 @@ mod tests {
         (out, took)
     }
 
-    #[tokio::test]
-    async fn blackholed_first_address_costs_one_delay_not_the_open_timeout() {
-        let hole = blackhole("127.0.0.1").await.unwrap();
-        let good = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let delay = Duration::from_millis(200);
-        let addrs = vec![hole.addr, good.local_addr().unwrap()];
-        let (stream, took) = on_paused_clock(connect_addrs(addrs, delay)).await;
-        assert_eq!(
-            stream.unwrap().peer_addr().unwrap(),
-            good.local_addr().unwrap()
-        );
-        assert!(
-            fired_at(took, delay),
-            "connected one delay after the start: {took:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn blackholed_ipv6_falls_back_to_ipv4() {
-        if !ipv6_loopback().await {
-            // Not a skip that hides anything: the IPv4 blackhole test above covers the race,
-            // this one only the address families' order.
-            eprintln!("no IPv6 loopback on this machine: nothing to race");
-            return;
-        }
-        let hole = blackhole("::1").await.unwrap();
+    /// Races a blackholed address on `hole_ip` and a working one on 127.0.0.1, in
+    /// Happy Eyeballs' order: the working one connects exactly one delay after the start.
+    async fn races_past_a_blackhole(hole_ip: &str) {
+        let hole = blackhole(hole_ip).await.unwrap();
         let good = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let delay = Duration::from_millis(200);
         let addrs = interleave(vec![hole.addr, good.local_addr().unwrap()]);
@@ -757,6 +735,22 @@ mod tests {
             fired_at(took, delay),
             "connected one delay after the start: {took:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn blackholed_first_address_costs_one_delay_not_the_open_timeout() {
+        races_past_a_blackhole("127.0.0.1").await;
+    }
+
+    #[tokio::test]
+    async fn blackholed_ipv6_falls_back_to_ipv4() {
+        if !ipv6_loopback().await {
+            // Not a skip that hides anything: the IPv4 blackhole test above covers the race,
+            // this one only the address families' order.
+            eprintln!("no IPv6 loopback on this machine: nothing to race");
+            return;
+        }
+        races_past_a_blackhole("::1").await;
     }
 
     #[tokio::test]
