@@ -1372,17 +1372,21 @@ fn a_session_the_server_cannot_resume_is_reported_then_exit_1_or_a_new_session()
 
 #[test]
 fn a_session_away_longer_than_its_ttl_is_lost_as_expired() {
-    let (_server, port) = serve(&["--resume", "--session-ttl", "0.5"]);
+    let (mut server, port) = serve(&["--resume", "--session-ttl", "0.5", "--json"]);
     let relay = CuttableRelay::start(format!("127.0.0.1:{port}").parse().unwrap());
     let url = format!("ws://{}/", relay.addr);
     let mut client = spawn_owned(&quick(&url, &["--resume"]));
     client.write("one\n");
     assert_eq!(client.wait_event("message")["data"], "one");
-    // Away for three times the TTL: every reconnect reaches a port where nothing listens.
+    // Away until the server has ended the session: every reconnect reaches a port where
+    // nothing listens.
     relay.retarget(free_port());
     relay.cut();
     client.wait_event("closed");
-    std::thread::sleep(Duration::from_millis(1_500));
+    for state in ["connected", "disconnected", "ended"] {
+        let event = server.wait_event("session");
+        assert_eq!(event["state"], state, "{event}");
+    }
     relay.retarget(port);
     let lost = client.wait_event("session_lost");
     assert_eq!(lost["reason"], "expired", "{lost}");

@@ -316,9 +316,10 @@ impl ClientBuilder {
         name: impl Into<String>,
         addrs: impl IntoIterator<Item = IpAddr>,
     ) -> Self {
-        self.dialer
-            .fixed
-            .push((name.into(), addrs.into_iter().collect()));
+        let name = name.into();
+        let fixed = &mut self.dialer.fixed;
+        fixed.retain(|(known, _)| !known.eq_ignore_ascii_case(&name));
+        fixed.push((name, addrs.into_iter().collect()));
         self
     }
 

@@ -40,7 +40,8 @@ pub(crate) const DEFAULT_DELAY: Duration = Duration::from_millis(250);
 #[derive(Clone, Debug)]
 pub(crate) struct Dialer {
     pub(crate) delay: Duration,
-    /// Names whose addresses are given, not looked up (compared without case).
+    /// Names whose addresses are given, not looked up (compared without case; one entry
+    /// a name).
     pub(crate) fixed: Vec<(String, Vec<IpAddr>)>,
 }
 
@@ -67,7 +68,6 @@ impl Dialer {
         let fixed = self
             .fixed
             .iter()
-            .rev()
             .find(|(name, _)| name.eq_ignore_ascii_case(host));
         let addrs = match (literal.unwrap_or(host).parse::<IpAddr>(), fixed) {
             (Ok(ip), _) => vec![SocketAddr::new(ip, port)],
@@ -809,16 +809,13 @@ mod tests {
     #[tokio::test]
     async fn a_fixed_name_is_not_looked_up_and_a_literal_wins() {
         let dialer = Dialer {
-            fixed: vec![
-                ("echo.test".to_owned(), vec!["127.0.0.2".parse().unwrap()]),
-                (
-                    "Echo.Test".to_owned(),
-                    vec!["::1".parse().unwrap(), "127.0.0.3".parse().unwrap()],
-                ),
-            ],
+            fixed: vec![(
+                "Echo.Test".to_owned(),
+                vec!["::1".parse().unwrap(), "127.0.0.3".parse().unwrap()],
+            )],
             ..Dialer::default()
         };
-        // The last entry for a name wins, whatever the case; the port is the caller's.
+        // Names compare without case; the port is the caller's.
         assert_eq!(
             dialer.lookup("ECHO.test", 81).await.unwrap(),
             sas(&["[::1]:81", "127.0.0.3:81"])

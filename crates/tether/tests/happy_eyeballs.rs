@@ -59,7 +59,10 @@ async fn a_name_whose_first_address_blackholes_connects_through_the_second() {
     let mut ws = timeout(
         GUARD,
         ClientBuilder::new(format!("ws://echo.test:{port}/"))
-            .resolve("echo.test", [hole, good])
+            // A later call for the same name, whatever its case, replaces an earlier one
+            // (127.0.0.9 has nothing listening: it would be refused).
+            .resolve("echo.test", [[127, 0, 0, 9].into()])
+            .resolve("ECHO.test", [hole, good])
             .happy_eyeballs_delay(Duration::from_millis(100))
             .open_timeout(OPEN_TIMEOUT)
             .no_proxy()
