@@ -357,12 +357,65 @@ impl Policy {
         random: f64,
         wall_now: SystemTime,
     ) -> Outcome {
+        self.outcome(error, ctx, self.backoff.delay(step, random), wall_now)
+    }
+
+    /// What happens after the first attempt that followed a [spread](AfterClose::Spread)
+    /// failed, when `rest` of the spread's window [0, [`reconnect_delay`](Self::reconnect_delay)]
+    /// was left as the attempt started. As [`on_failure`](Self::on_failure), except that the
+    /// backoff's first wait is [`first_retry_after_spread`](Self::first_retry_after_spread).
+    pub fn on_failure_after_spread(
+        &self,
+        error: &Error,
+        ctx: &AttemptContext,
+        rest: Duration,
+        random: f64,
+        wall_now: SystemTime,
+    ) -> Outcome {
+        let wait = self.first_retry_after_spread(rest, random);
+        self.outcome(error, ctx, wait, wall_now)
+    }
+
+    /// The backoff's first wait after an attempt that a spread started and that failed.
+    ///
+    /// Clients dropped together retry in windows that follow each other: the spread's window
+    /// [0, D] after the drop, then the first retry's window [D, D + L], then the second
+    /// retry's [D + L, D + 2L] (its wait is the backoff's fixed `min`, L). So the first retry
+    /// waits `rest` (what was left of the spread's window) plus a random part of L. A client
+    /// refused early in a window retries in the next one rather than on top of the clients
+    /// still due in it, and a server that comes back at any moment of the first windows meets
+    /// one steady rate of arrivals. Measured with `bench storm` (docs/benchmarks.md).
+    ///
+    /// L is the backoff's `min`, shortened so that the wait stays within the backoff's
+    /// `initial` bound (`initial` − D). When that leaves L shorter than D, which would make the
+    /// retries denser than the spread, or when there is no spread (D = 0), the wait is the
+    /// backoff's plain first wait, random in [0, `initial`], as in Python websockets.
+    pub fn first_retry_after_spread(&self, rest: Duration, random: f64) -> Duration {
+        let spread = self.reconnect_delay;
+        let window = self
+            .backoff
+            .min
+            .min(self.backoff.initial.saturating_sub(spread));
+        if spread.is_zero() || window < spread {
+            return self.backoff.delay(0, random);
+        }
+        let random = random.clamp(0.0, 1.0);
+        (rest.min(spread) + window.mul_f64(random)).min(self.backoff.max)
+    }
+
+    fn outcome(
+        &self,
+        error: &Error,
+        ctx: &AttemptContext,
+        backoff_wait: Duration,
+        wall_now: SystemTime,
+    ) -> Outcome {
         let delay = match self.decide(error, ctx) {
             Decision::Fatal | Decision::Default => return Outcome::Fatal,
             Decision::FatalWith(e) => return Outcome::FatalWith(e),
             Decision::RetryAfter(d) => d,
             Decision::Retry => {
-                let mut d = self.backoff.delay(step, random);
+                let mut d = backoff_wait;
                 if self.retry_after {
                     if let Some(ra) = retry_after_of(error, wall_now) {
                         d = d.max(ra.min(self.retry_after_cap));
@@ -632,6 +685,7 @@ impl Reconnect {
             },
             settings: self,
             step: 0,
+            spread_rest: None,
             failing_since: None,
             previous_delay: None,
             opened_at: None,
@@ -695,6 +749,8 @@ struct LoopState {
     request: AttemptRequest,
     /// Backoff step: failures (and short-lived connections) since the schedule restarted.
     step: u32,
+    /// After a spread: what was left of its window when the next attempt started.
+    spread_rest: Option<Duration>,
     failing_since: Option<Instant>,
     previous_delay: Option<Duration>,
     opened_at: Option<Instant>,
@@ -758,6 +814,7 @@ impl LoopState {
                 self.step = self.step.saturating_add(1);
             } else {
                 self.step = 0;
+                self.spread_rest = Some(policy.reconnect_delay.saturating_sub(delay));
             }
             match after {
                 AfterClose::ShortLived(_) => {
@@ -803,6 +860,7 @@ impl LoopState {
                         subprotocol: ws.subprotocol(),
                     });
                     self.opened_at = Some(Instant::now());
+                    self.spread_rest = None;
                     let watch = Arc::new(CloseSignal::default());
                     ws.set_close_signal(Arc::clone(&watch));
                     self.watch = Some(watch);
@@ -820,13 +878,17 @@ impl LoopState {
                 previous_delay: self.previous_delay,
             };
             self.request.previous_status = error.status();
-            let outcome = self.settings.policy.on_failure(
-                &error,
-                &ctx,
-                self.step,
-                rand::random(),
-                SystemTime::now(),
-            );
+            let policy = &self.settings.policy;
+            let outcome = match self.spread_rest.take() {
+                Some(rest) if self.step == 0 => policy.on_failure_after_spread(
+                    &error,
+                    &ctx,
+                    rest,
+                    rand::random(),
+                    SystemTime::now(),
+                ),
+                _ => policy.on_failure(&error, &ctx, self.step, rand::random(), SystemTime::now()),
+            };
             let fatal = match outcome {
                 Outcome::Retry(delay) => {
                     self.emit(&ReconnectEvent::Retry {
@@ -862,6 +924,52 @@ mod tests {
 
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn the_first_retry_after_a_spread_falls_in_the_window_after_it() {
+        let p = Policy::default();
+        // Attempt made 0.25 s into the 1 s spread, so 0.75 s of it was left: the retry lands
+        // 1 s after the drop at the earliest and 1 s + 3.1 s at the latest.
+        assert_eq!(p.first_retry_after_spread(secs(0.75), 0.0), secs(0.75));
+        assert_eq!(p.first_retry_after_spread(secs(0.75), 0.5), secs(2.3));
+        assert_eq!(p.first_retry_after_spread(secs(0.75), 1.0), secs(3.85));
+        assert_eq!(p.first_retry_after_spread(secs(0.0), 1.0), secs(3.1));
+        // Every such wait is within the backoff's first bound [0, initial].
+        for rest in [0.0, 0.3, 1.0] {
+            for r in [0.0, 0.4, 0.999] {
+                assert!(p.first_retry_after_spread(secs(rest), r) <= secs(5.0));
+            }
+        }
+        // A rest longer than the spread (not made by the loop) is held to the spread.
+        assert_eq!(p.first_retry_after_spread(secs(9.0), 0.0), secs(1.0));
+        // A 2 s spread leaves a 3 s window within the 5 s bound.
+        let two = Policy::default().reconnect_delay(secs(2.0));
+        assert_eq!(two.first_retry_after_spread(secs(0.5), 0.5), secs(2.0));
+        // A 3 s spread would leave 2 s, denser than the spread: Python's plain first wait.
+        let three = Policy::default().reconnect_delay(secs(3.0));
+        assert_eq!(three.first_retry_after_spread(secs(0.5), 0.5), secs(2.5));
+        // No spread: Python's plain first wait.
+        let none = Policy::default().reconnect_delay(Duration::ZERO);
+        assert_eq!(
+            none.first_retry_after_spread(Duration::ZERO, 0.5),
+            secs(2.5)
+        );
+        // The hook and Retry-After apply on top, as for any first retry.
+        let floor = p.on_failure_after_spread(
+            &status(503, &[("retry-after", "7")]),
+            &ctx(1),
+            secs(0.5),
+            0.0,
+            UNIX_EPOCH,
+        );
+        assert_eq!(retry_delay(floor), Some(secs(7.0)));
+        let plain =
+            p.on_failure_after_spread(&status(503, &[]), &ctx(1), secs(0.5), 0.0, UNIX_EPOCH);
+        assert_eq!(retry_delay(plain), Some(secs(0.5)));
+        let fatal =
+            p.on_failure_after_spread(&status(401, &[]), &ctx(1), secs(0.5), 0.0, UNIX_EPOCH);
+        assert!(matches!(fatal, Outcome::Fatal));
     }
 
     #[test]

@@ -511,6 +511,73 @@ async fn a_dropped_connection_reconnects_after_a_random_spread() {
     assert!(retries(&events).is_empty(), "no failures: {events:?}");
 }
 
+/// Clients dropped together retry in windows that follow each other: the spread's [0, 1 s]
+/// after the drop, then the first retry's [1 s, 4.1 s], then the second retry a fixed 3.1 s
+/// later. A refused attempt moves to the next window instead of landing in the middle of the
+/// one the rest of the crowd is still arriving in.
+#[tokio::test(start_paused = true)]
+async fn a_refused_attempt_after_a_spread_retries_in_the_window_after_it() {
+    const CLIENTS: usize = 12;
+    let mut from_drop = Vec::new();
+    for _ in 0..CLIENTS {
+        let (addr, log) = scripted(vec![
+            Act::Accept(After::Close(1012)),
+            Act::Status(503, vec![]),
+            Act::Status(503, vec![]),
+            Act::Accept(After::Echo),
+        ])
+        .await;
+        let (events, cb) = recorder();
+        let mut conns = ClientBuilder::new(url(addr))
+            .reconnecting()
+            .policy(Policy::default().min_uptime(Duration::ZERO))
+            .on_event(cb)
+            .stream();
+        let mut ws = conns.next().await.unwrap().unwrap();
+        while let Some(Ok(_)) = ws.recv().await {}
+        assert_eq!(ws.close_code(), 1012);
+        drop(ws);
+        let dropped = Instant::now();
+        let mut ws = conns.next().await.unwrap().unwrap();
+        ws.send("back").await.unwrap();
+        assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("back"));
+        let events = events.lock().unwrap();
+        let spread = events
+            .iter()
+            .find_map(|e| match e {
+                Ev::Closed(Some(1012), d) => Some(*d),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{events:?}"));
+        let waits = retries(&events);
+        assert_eq!(waits.len(), 2, "{events:?}");
+        let secs = Duration::from_secs_f64;
+        assert!(spread <= secs(1.0), "{spread:?}");
+        // The first retry waits out the spread's window, then part of the next 3.1 s.
+        assert!(waits[0] >= secs(1.0) - spread, "{spread:?} {waits:?}");
+        assert!(waits[0] <= secs(4.1) - spread, "{spread:?} {waits:?}");
+        assert_eq!(waits[1], secs(3.1));
+        // The server saw the attempts after exactly those waits.
+        let gaps = gaps(&log);
+        for (wait, gap) in [spread, waits[0], waits[1]].iter().zip(&gaps) {
+            assert!(
+                close_to(*wait, *gap),
+                "waited {wait:?}, next attempt after {gap:?}"
+            );
+        }
+        from_drop.push(spread + waits[0]);
+        assert!(close_to(
+            Instant::now() - dropped,
+            spread + waits[0] + waits[1]
+        ));
+    }
+    // Random within the window, not one fixed time.
+    assert!(
+        from_drop.iter().any(|d| *d != from_drop[0]),
+        "{from_drop:?}"
+    );
+}
+
 /// A close with 1013 (try again later) is a failure: the waits follow the backoff
 /// (0 s, 3.1 s, 5.0 s with the first wait fixed), and a good connection afterwards is
 /// reached as usual.
