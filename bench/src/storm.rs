@@ -397,6 +397,42 @@ fn peak_and_mean(times: &[u64]) -> (usize, f64) {
     (peak, times.len() as f64 / spread.max(1) as f64)
 }
 
+/// The peak ÷ mean that chance alone gives: `n` arrivals, each in one of `spread` buckets
+/// at random (uniformly and independently, as a perfectly flat schedule would place them),
+/// median over 201 draws with a fixed seed. What a measured ratio is to be read against:
+/// with few arrivals per bucket the busiest bucket is well above the mean however flat the
+/// schedule.
+fn chance_floor(n: usize, spread: usize) -> f64 {
+    if n == 0 || spread == 0 {
+        return 1.0;
+    }
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut ratios: Vec<f64> = (0..201)
+        .map(|_| {
+            let mut counts = vec![0usize; spread];
+            for _ in 0..n {
+                // xorshift64*
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                let r = state.wrapping_mul(0x2545_f491_4f6c_dd1d);
+                counts[(r % spread as u64) as usize] += 1;
+            }
+            let peak = counts.iter().copied().max().unwrap_or(0);
+            peak as f64 * spread as f64 / n as f64
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
+}
+
+/// The number of buckets from the first arrival's to the last one's.
+fn spread_buckets(times: &[u64]) -> usize {
+    let buckets = buckets(times);
+    let first = buckets.iter().position(|&b| b > 0).unwrap_or(0);
+    buckets.len() - first
+}
+
 /// Counts per bucket of `times` (µs after the event), from the event to the last one.
 fn buckets(times: &[u64]) -> Vec<usize> {
     let width = BUCKET.as_micros() as u64;
@@ -591,9 +627,9 @@ fn report(runs: &[Run]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| clients | server | settings | arrivals | peak / 100 ms | mean / 100 ms | peak ÷ mean | scheduled: peak ÷ mean | all back after | client counts after the event |"
+        "| clients | server | settings | arrivals | peak / 100 ms | mean / 100 ms | peak ÷ mean | chance alone | scheduled: peak ÷ mean | all back after | client counts after the event |"
     );
-    let _ = writeln!(out, "|---|---|---|--:|--:|--:|--:|--:|--:|---|");
+    let _ = writeln!(out, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|");
     for run in runs {
         let (peak, mean) = peak_and_mean(&run.arrivals);
         let (sched_peak, sched_mean) = peak_and_mean(&run.scheduled);
@@ -603,12 +639,13 @@ fn report(runs: &[Run]) -> String {
         );
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {peak} | {mean:.1} | {:.2} | {:.2} | {back} | {} |",
+            "| {} | {} | {} | {} | {peak} | {mean:.1} | {:.2} | {:.2} | {:.2} | {back} | {} |",
             run.clients,
             run.case.name(),
             run.variant.name(),
             run.arrivals.len(),
             peak as f64 / mean.max(f64::MIN_POSITIVE),
+            chance_floor(run.arrivals.len(), spread_buckets(&run.arrivals)),
             sched_peak as f64 / sched_mean.max(f64::MIN_POSITIVE),
             run.stats,
         );
@@ -629,4 +666,26 @@ fn report(runs: &[Run]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chance_alone_lifts_the_peak_of_sparse_buckets_only() {
+        // 25 arrivals per bucket on average: the busiest of 40 is well above it.
+        let sparse = chance_floor(1_000, 40);
+        assert!(sparse > 1.25 && sparse < 1.8, "{sparse}");
+        // 10,000 per bucket: within a few percent.
+        let dense = chance_floor(100_000, 10);
+        assert!(dense > 1.0 && dense < 1.03, "{dense}");
+        assert_eq!(chance_floor(0, 10), 1.0);
+    }
+
+    #[test]
+    fn the_spread_runs_from_the_first_arrivals_bucket() {
+        assert_eq!(spread_buckets(&[250_000, 310_000, 990_000]), 8);
+        assert_eq!(peak_and_mean(&[250_000, 210_000, 990_000]), (2, 3.0 / 8.0));
+    }
 }
