@@ -301,7 +301,7 @@ pub struct Connection {
     user_pings: VecDeque<(Vec<u8>, Instant)>,
     answered: VecDeque<(Vec<u8>, Duration)>,
 
-    deflate: Option<Box<Codec>>,
+    deflate: Option<Codec>,
     /// Unmasked compressed input, and compressed output, on their way through the codec.
     scratch: Vec<u8>,
 }
@@ -356,7 +356,7 @@ impl Connection {
     /// (see [`DeflateConfig::client_accept`] and [`DeflateConfig::server_accept`]); `config`
     /// gives the compression level, memory level and minimum size.
     pub fn enable_deflate(&mut self, params: DeflateParams, config: &DeflateConfig) {
-        self.deflate = Some(Box::new(Codec::new(self.role, params, config)));
+        self.deflate = Some(Codec::new(self.role, params, config));
     }
 
     /// True when permessage-deflate is in use.
@@ -688,7 +688,7 @@ impl Connection {
         if compress
             && self
                 .deflate
-                .as_deref()
+                .as_ref()
                 .is_some_and(|codec| len >= codec.min_size)
         {
             let mut joined = Vec::with_capacity(len);
@@ -741,7 +741,7 @@ impl Connection {
     ) -> Result<(), SendError> {
         self.check_message(message.opcode)?;
         if compress {
-            if let Some(codec) = self.deflate.as_deref_mut() {
+            if let Some(codec) = self.deflate.as_mut() {
                 if message.payload.len() >= codec.min_size {
                     match codec.shared_key() {
                         Some(key) => {
@@ -780,7 +780,7 @@ impl Connection {
     /// Compresses and queues `payload` if permessage-deflate is in use, the payload is large
     /// enough and compression gains something; false if nothing was queued.
     fn send_compressed(&mut self, opcode: OpCode, payload: &[u8]) -> bool {
-        let Some(codec) = self.deflate.as_deref_mut() else {
+        let Some(codec) = self.deflate.as_mut() else {
             return false;
         };
         if payload.len() < codec.min_size {
@@ -1240,7 +1240,7 @@ impl Connection {
 
     /// Unmasks (into the scratch buffer) and inflates one piece of a compressed message.
     fn inflate_chunk(&mut self, chunk: &[u8], offset: usize) -> Result<(), ProtocolError> {
-        let Some(codec) = self.deflate.as_deref_mut() else {
+        let Some(codec) = self.deflate.as_mut() else {
             return Err(ProtocolError::ReservedBits);
         };
         let input = match self.frame.mask {
@@ -1261,7 +1261,7 @@ impl Connection {
             if self.scratch.capacity() > OUT_KEEP {
                 self.scratch = Vec::new();
             }
-            if let Some(codec) = self.deflate.as_deref_mut() {
+            if let Some(codec) = self.deflate.as_mut() {
                 if let Err(e) = codec.finish_message(&mut self.buf, self.config.max_message_size) {
                     return self.fail(e, now);
                 }

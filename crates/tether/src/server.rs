@@ -550,11 +550,18 @@ impl ShutdownState {
     }
 }
 
+/// The connections a [`ShutdownHandle`] closes, and how many were added since the last prune.
+#[derive(Debug, Default)]
+struct Signals {
+    list: Vec<std::sync::Weak<CloseSignal>>,
+    watched: usize,
+}
+
 /// Starts a server's graceful shutdown from anywhere (for example a Ctrl-C handler).
 #[derive(Clone, Debug)]
 pub struct ShutdownHandle {
     state: Arc<ShutdownState>,
-    signals: Arc<std::sync::Mutex<Vec<std::sync::Weak<CloseSignal>>>>,
+    signals: Arc<std::sync::Mutex<Signals>>,
 }
 
 impl Default for ShutdownHandle {
@@ -587,11 +594,17 @@ impl ShutdownHandle {
         let signal = Arc::new(CloseSignal::default());
         {
             let mut signals = self.signals.lock().unwrap_or_else(|e| e.into_inner());
-            if signals.len() == signals.capacity() {
-                // Prune closed connections only when the list would grow: amortised O(1).
-                signals.retain(|w| w.strong_count() > 0);
+            // Prune closed connections every eighth of the list's length in new entries (and
+            // before it would grow): amortised O(1) a watch, and a `Weak` keeps a closed
+            // connection's signal allocated for at most that long.
+            signals.watched += 1;
+            if signals.list.len() == signals.list.capacity()
+                || signals.watched >= (signals.list.len() / 8).max(64)
+            {
+                signals.list.retain(|w| w.strong_count() > 0);
+                signals.watched = 0;
             }
-            signals.push(Arc::downgrade(&signal));
+            signals.list.push(Arc::downgrade(&signal));
         }
         if self.state.is_set() {
             signal.request(self.state.code());
@@ -625,7 +638,7 @@ impl ShutdownHandle {
         }
         self.state.trigger(code);
         let signals = self.signals.lock().unwrap_or_else(|e| e.into_inner());
-        for s in signals.iter().filter_map(std::sync::Weak::upgrade) {
+        for s in signals.list.iter().filter_map(std::sync::Weak::upgrade) {
             s.request(code);
         }
     }
@@ -784,10 +797,12 @@ impl Server {
         loop {
             let accepted = tokio::select! {
                 r = self.listener.accept() => r,
+                // A connection's task is freed as soon as it ends, not at the next accept:
+                // a server that stops getting connections keeps nothing of those that left,
+                // and an ended connection's memory goes back together, in one piece.
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
                 _ = state.wait() => break,
             };
-            // Reap finished connection tasks so the set does not grow.
-            while tasks.try_join_next().is_some() {}
             let (conn, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {

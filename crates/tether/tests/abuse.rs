@@ -595,3 +595,50 @@ async fn a_connection_flood_past_the_limit_is_refused_at_once_and_the_server_kee
         .expect_err("at the limit again");
     assert!(matches!(&refused, tether::Error::Status(r) if r.status == 503));
 }
+
+/// Found by a heap profile of the soak: a connection's task (about 1.7 KB) was freed only
+/// at the next accept, so a server whose clients all left kept every one of their tasks
+/// until someone else connected. Now each is freed as its connection ends.
+#[tokio::test(flavor = "current_thread")]
+async fn connections_that_ended_leave_nothing_behind_while_no_new_one_arrives() {
+    let _turn = SERIAL.lock().await;
+    const CLIENTS: usize = 200;
+    let (addr, mut ends) = server(ServerConfig::default()).await;
+    // A first round grows what is grown once (the runtime's slabs, the server's lists)…
+    open_and_close(addr, CLIENTS, &mut ends).await;
+    // …and one more connection, with which the old server reaped the first round's tasks.
+    assert_serving(addr, 10, Config::default()).await;
+    assert_eq!(next_end(&mut ends).await, Ended::Quietly(1));
+    let before = in_use();
+    open_and_close(addr, CLIENTS, &mut ends).await;
+    // Every handler has ended; their tasks go as the server runs, with no accept to come.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut left = in_use().saturating_sub(before);
+    while left > 64 << 10 && tokio::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+        left = in_use().saturating_sub(before);
+    }
+    eprintln!("{CLIENTS} connections opened and closed: {left} bytes more in use than before");
+    assert!(
+        left <= 64 << 10,
+        "{left} bytes are still held for {CLIENTS} connections that ended"
+    );
+}
+
+/// Opens `n` tether clients of `addr`, closes them, and waits until every handler ended.
+async fn open_and_close(addr: SocketAddr, n: usize, ends: &mut UnboundedReceiver<Ended>) {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let ws = ClientBuilder::new(format!("ws://{addr}/"))
+            .connect()
+            .await
+            .expect("connect");
+        clients.push(ws);
+    }
+    for mut ws in clients {
+        ws.close(1000, "").await.expect("close");
+    }
+    for _ in 0..n {
+        assert_eq!(next_end(ends).await, Ended::Quietly(0));
+    }
+}
