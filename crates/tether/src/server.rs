@@ -141,6 +141,7 @@ pub struct ServerConfig {
     process_request: Vec<Arc<ProcessRequest>>,
     head_limits: HeadLimits,
     max_handshakes: Option<usize>,
+    max_handshake_rate: Option<u32>,
     max_connections: Option<usize>,
     busy_retry_after: Duration,
     on_accept: Option<Arc<OnAccept>>,
@@ -156,6 +157,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("tls", &self.tls.is_some())
             .field("hooks", &self.process_request.len())
             .field("max_handshakes", &self.max_handshakes)
+            .field("max_handshake_rate", &self.max_handshake_rate)
             .field("max_connections", &self.max_connections)
             .field("busy_retry_after", &self.busy_retry_after)
             .field("on_accept", &self.on_accept.is_some())
@@ -177,6 +179,7 @@ impl Default for ServerConfig {
             process_request: Vec::new(),
             head_limits: HeadLimits::default(),
             max_handshakes: None,
+            max_handshake_rate: None,
             max_connections: None,
             busy_retry_after: Duration::from_secs(10),
             on_accept: None,
@@ -212,6 +215,19 @@ impl ServerConfig {
         self
     }
 
+    /// Admission control by rate: [`Server::serve`] starts at most this many opening
+    /// handshakes a second, with bursts of up to one second's worth (a token bucket). A
+    /// connection arriving faster is refused at once, exactly as above
+    /// [`max_handshakes`](Self::max_handshakes) (`503` with a random `Retry-After` on plain
+    /// TCP, closed before TLS otherwise). Where the handshake limit bounds the work in
+    /// progress, this bounds the work per second: for a server whose handshakes are cheap
+    /// to hold but costly to complete, or one that must leave room to serve the clients it
+    /// holds while a storm comes back. Zero refuses every handshake. Default: no limit.
+    pub fn max_handshake_rate(mut self, per_second: Option<u32>) -> Self {
+        self.max_handshake_rate = per_second;
+        self
+    }
+
     /// A limit on the connections [`Server::serve`] holds at once: those in their opening
     /// handshake (an idle TCP connection that never sends a byte counts until the open
     /// timeout drops it) and the open WebSocket connections. A connection arriving at the
@@ -225,8 +241,9 @@ impl ServerConfig {
         self
     }
 
-    /// The longest `Retry-After` of a refusal by [`max_handshakes`](Self::max_handshakes)
-    /// or [`max_connections`](Self::max_connections):
+    /// The longest `Retry-After` of a refusal by [`max_handshakes`](Self::max_handshakes),
+    /// [`max_handshake_rate`](Self::max_handshake_rate) or
+    /// [`max_connections`](Self::max_connections):
     /// each refusal asks for a whole number of seconds drawn uniformly from [1, this]
     /// (at least 1). Default: 10 s.
     pub fn busy_retry_after(mut self, max: Duration) -> Self {
@@ -794,6 +811,10 @@ impl Server {
         let handler = Arc::new(handler);
         let mut tasks = JoinSet::new();
         let state = self.handle.state.clone();
+        let mut rate = self
+            .config
+            .max_handshake_rate
+            .map(|r| HandshakeRate::new(r, Instant::now()));
         loop {
             let accepted = tokio::select! {
                 r = self.listener.accept() => r,
@@ -825,6 +846,11 @@ impl Server {
                 self.refuse(&mut tasks, conn, "too many connections");
                 continue;
             };
+            if rate.as_mut().is_some_and(|r| !r.take(Instant::now())) {
+                tracing::debug!(%peer, "busy: above the handshake rate; refused");
+                self.refuse(&mut tasks, conn, "too many handshakes a second");
+                continue;
+            }
             let Some(admitted) = Admitted::try_new(&self.handshakes, self.config.max_handshakes)
             else {
                 tracing::debug!(%peer, "busy: too many handshakes in progress; refused");
@@ -900,6 +926,40 @@ impl Server {
 }
 
 /// A place among the handshakes in progress, given back on drop.
+/// A token bucket for [`ServerConfig::max_handshake_rate`]: `rate` tokens a second, at most
+/// one second's worth saved up.
+#[derive(Debug)]
+struct HandshakeRate {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl HandshakeRate {
+    /// A full bucket: a burst of one second's worth may start at once.
+    fn new(per_second: u32, now: Instant) -> Self {
+        let rate = f64::from(per_second);
+        Self {
+            rate,
+            tokens: rate,
+            at: now,
+        }
+    }
+
+    /// Takes a token if one is there at `now`.
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 struct Admitted(Option<Arc<std::sync::atomic::AtomicUsize>>);
 
 impl Admitted {
@@ -1046,4 +1106,29 @@ where
         .await?
         .serve(handler)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_handshake_rate_allows_a_seconds_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut rate = HandshakeRate::new(4, t0);
+        // A full bucket: four at once, then none.
+        assert_eq!((0..6).filter(|_| rate.take(t0)).count(), 4);
+        // A token every 250 ms.
+        assert!(!rate.take(ms(249)));
+        assert!(rate.take(ms(250)));
+        assert!(!rate.take(ms(251)));
+        assert!(rate.take(ms(500)));
+        // Idle for a minute: one second's worth saved up, no more.
+        assert_eq!((0..10).filter(|_| rate.take(ms(60_500))).count(), 4);
+        // Zero refuses everything.
+        let mut none = HandshakeRate::new(0, t0);
+        assert!(!none.take(t0));
+        assert!(!none.take(ms(10_000)));
+    }
 }

@@ -469,6 +469,69 @@ async fn the_accept_hook_sees_every_connection_and_can_refuse_it() {
 /// never finish, every further connection is answered at once with 503 and a `Retry-After`
 /// drawn from [1, 10] s (not one value for all: the answer must not synchronise the crowd).
 /// Once the held handshakes end, clients are upgraded again.
+/// Above `max_handshake_rate`, handshakes are refused at once with 503 and a spread
+/// `Retry-After`; the bucket holds one second's worth and refills at the rate.
+#[tokio::test]
+async fn handshakes_above_the_rate_get_503_until_the_bucket_refills() {
+    let config = ServerConfig::default().max_handshake_rate(Some(1));
+    let srv = start(config).await;
+    let url = format!("ws://{}/", srv.addr);
+    let started = Instant::now();
+    let (mut admitted, mut waits) = (Vec::new(), Vec::new());
+    for _ in 0..12 {
+        match timeout(GUARD, tether::connect(&url)).await.unwrap() {
+            Ok(ws) => admitted.push(ws),
+            Err(err) => {
+                assert_eq!(err.status(), Some(503), "{err}");
+                let retry_after = err
+                    .response()
+                    .and_then(|r| r.headers.get_str("retry-after"))
+                    .expect("a Retry-After header");
+                let secs: u64 = retry_after.parse().expect("whole seconds");
+                assert!((1..=10).contains(&secs), "Retry-After: {secs}");
+                waits.push(secs);
+            }
+        }
+    }
+    // A full bucket lets one in; one more token comes each second.
+    let allowed = 1 + started.elapsed().as_secs() as usize;
+    assert!(
+        !admitted.is_empty() && admitted.len() <= allowed,
+        "{} admitted, {allowed} allowed",
+        admitted.len()
+    );
+    assert_eq!(admitted.len() + waits.len(), 12);
+    assert!(
+        waits.iter().any(|&w| w != waits[0]),
+        "one Retry-After for all: {waits:?}"
+    );
+    for ws in &mut admitted {
+        greeting(ws).await;
+        echo_once(ws).await;
+    }
+    // A second later the bucket has a token again: one more gets in, the next does not.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut late = timeout(GUARD, tether::connect(&url))
+        .await
+        .unwrap()
+        .expect("admitted once the bucket refilled");
+    greeting(&mut late).await;
+    echo_once(&mut late).await;
+    let err = timeout(GUARD, tether::connect(&url))
+        .await
+        .unwrap()
+        .expect_err("the bucket is empty again");
+    assert_eq!(err.status(), Some(503), "{err}");
+    // The admitted connections are closed by the shutdown like any other.
+    srv.handle.shutdown();
+    admitted.push(late);
+    for ws in &mut admitted {
+        assert!(timeout(GUARD, ws.recv()).await.unwrap().is_none());
+        assert_eq!(ws.close_code(), 1001);
+    }
+    timeout(GUARD, srv.serve).await.unwrap().unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn handshakes_above_the_limit_get_503_with_a_spread_retry_after() {
     let config = ServerConfig::default()
