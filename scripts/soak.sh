@@ -6,7 +6,9 @@
 #   scripts/soak.sh MINUTES [extra bench soak options]
 #
 # MINUTES may be fractional (1 = 60 s, 0.5 = 30 s). Extra options go to `bench soak`:
-# --clients N, --rate R (broadcasts/s), --drops P (% of clients per 10 s), --interval S.
+# --clients N, --rate R (broadcasts/s), --drops P (% of clients per 10 s), --interval S,
+# --allocator system|jemalloc|jemalloc=PATH (the server's allocator; jemalloc is preloaded
+# from Debian's libjemalloc2; default: the system's, glibc).
 # Builds the bench in release, raises the open-file limit to the hard limit, writes the
 # Markdown report to reports/soak-MINUTES.md and prints it.
 #
@@ -16,7 +18,7 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 MINUTES [--clients N] [--rate R] [--drops P] [--interval S]" >&2
+    echo "usage: $0 MINUTES [--clients N] [--rate R] [--drops P] [--interval S] [--allocator A]" >&2
     exit 2
 }
 

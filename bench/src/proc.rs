@@ -62,19 +62,30 @@ impl Child {
     /// Starts this executable with `args`. The child's standard input stays open until
     /// [`finish`](Self::finish); servers and idle holders exit when it closes.
     pub(crate) fn spawn(args: &[String]) -> io::Result<Self> {
-        Self::spawn_inner(&child_exe()?, args, args.join(" "))
+        Self::spawn_inner(&child_exe()?, args, args.join(" "), &[])
+    }
+
+    /// As [`spawn`](Self::spawn), with these variables added to the child's environment.
+    pub(crate) fn spawn_with_env(args: &[String], env: &[(String, String)]) -> io::Result<Self> {
+        Self::spawn_inner(&child_exe()?, args, args.join(" "), env)
     }
 
     /// Starts `program` with `args`, its standard input and output as for
     /// [`spawn`](Self::spawn).
     pub(crate) fn spawn_program(program: &Path, args: &[String]) -> io::Result<Self> {
         let what = format!("{} {}", program.display(), args.join(" "));
-        Self::spawn_inner(program, args, what)
+        Self::spawn_inner(program, args, what, &[])
     }
 
-    fn spawn_inner(program: &Path, args: &[String], what: String) -> io::Result<Self> {
+    fn spawn_inner(
+        program: &Path,
+        args: &[String],
+        what: String,
+        env: &[(String, String)],
+    ) -> io::Result<Self> {
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

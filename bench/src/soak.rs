@@ -12,7 +12,11 @@
 //! the sequence numbers while connected, when a client gives up reconnecting, when a
 //! process dies, or — for runs of at least 10 minutes — when RSS grows by more than 5%.
 //!
-//! `scripts/soak.sh MINUTES [--clients N] [--rate R]` builds and runs it
+//! Under the system allocator (glibc) each sample also has the heap in use as glibc counts
+//! it, so that memory the server holds can be told from free space the allocator keeps;
+//! `--allocator jemalloc` preloads jemalloc into the server instead.
+//!
+//! `scripts/soak.sh MINUTES [--clients N] [--rate R] [--allocator A]` builds and runs it
 //! (`bench soak --minutes M ...`); see docs/benchmarks.md ("Soak").
 
 use std::collections::HashMap;
@@ -130,8 +134,9 @@ struct Hub {
 
 impl Hub {
     fn line(&self) -> String {
+        let (heap_used, heap_free) = heap();
         format!(
-            "STATS connected={} upgrades={} kicked={} broadcasts={} queued={}",
+            "STATS connected={} upgrades={} kicked={} broadcasts={} queued={} heap_used={heap_used} heap_free={heap_free}",
             lock(&self.peers).len(),
             get(&self.upgrades),
             get(&self.kicked),
@@ -160,6 +165,21 @@ impl Hub {
         add(&self.kicked, kicked);
         self.broadcasts.store(seq, Ordering::Relaxed);
     }
+}
+
+/// The bytes the allocator has handed out and the bytes it holds free, from glibc's
+/// `mallinfo2` (zero elsewhere). Their sum is what the heap occupies; RSS growth with flat
+/// use is the allocator's fragmentation, not memory the program holds.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap() -> (u64, u64) {
+    // SAFETY: mallinfo2 only reads the allocator's own counters.
+    let info = unsafe { libc::mallinfo2() };
+    ((info.uordblks + info.hblkhd) as u64, info.fordblks as u64)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap() -> (u64, u64) {
+    (0, 0)
 }
 
 /// Takes a client out of the registry when its connection task ends, however it ends.
@@ -519,6 +539,9 @@ struct Settings {
     rate: f64,
     drops: f64,
     interval: Duration,
+    /// The server's allocator: `None` for the system's (glibc), or a shared library to
+    /// preload in its place.
+    preload: Option<String>,
 }
 
 impl Settings {
@@ -561,7 +584,15 @@ struct Soak {
 /// the soak test (see the module's documentation); a Markdown report on standard output
 /// (and in FILE). Fails after writing the report when the verdict does.
 pub(crate) fn main(args: &Args) -> io::Result<()> {
-    args.only(&["minutes", "clients", "rate", "drops", "interval", "out"])?;
+    args.only(&[
+        "minutes",
+        "clients",
+        "rate",
+        "drops",
+        "interval",
+        "allocator",
+        "out",
+    ])?;
     let minutes: f64 = args
         .parse("minutes")?
         .ok_or_else(|| io::Error::other("--minutes M is required (1 = 60 s)"))?;
@@ -579,6 +610,7 @@ pub(crate) fn main(args: &Args) -> io::Result<()> {
         rate: args.parse_or("rate", 10.0)?,
         drops: args.parse_or("drops", 1.0)?,
         interval,
+        preload: preload(args.get("allocator").unwrap_or("system"))?,
     };
     period(settings.rate)?;
     mean_uptime(settings.drops)?;
@@ -602,16 +634,48 @@ pub(crate) fn main(args: &Args) -> io::Result<()> {
     }
 }
 
+/// `--allocator`: `system`, `jemalloc` (Debian's `libjemalloc2`), or `jemalloc=PATH`.
+fn preload(allocator: &str) -> io::Result<Option<String>> {
+    const JEMALLOC: [&str; 2] = [
+        "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+        "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+    ];
+    match allocator.split_once('=') {
+        None if allocator == "system" => Ok(None),
+        None if allocator == "jemalloc" => JEMALLOC
+            .iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .map(|p| Some((*p).to_owned()))
+            .ok_or_else(|| {
+                io::Error::other("--allocator jemalloc: libjemalloc.so.2 not found (apt-get install libjemalloc2), or give jemalloc=PATH")
+            }),
+        Some(("jemalloc", path)) if std::path::Path::new(path).exists() => {
+            Ok(Some(path.to_owned()))
+        }
+        _ => Err(io::Error::other(format!(
+            "--allocator {allocator:?}: system, jemalloc or jemalloc=PATH (an existing file)"
+        ))),
+    }
+}
+
 fn run(settings: Settings) -> io::Result<Soak> {
-    let mut server = Child::spawn(&[
-        "soak-server".to_owned(),
-        "--addr".to_owned(),
-        "127.0.0.1:0".to_owned(),
-        "--rate".to_owned(),
-        settings.rate.to_string(),
-        "--cpu".to_owned(),
-        "0".to_owned(),
-    ])?;
+    let env: Vec<(String, String)> = settings
+        .preload
+        .iter()
+        .map(|p| ("LD_PRELOAD".to_owned(), p.clone()))
+        .collect();
+    let mut server = Child::spawn_with_env(
+        &[
+            "soak-server".to_owned(),
+            "--addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--rate".to_owned(),
+            settings.rate.to_string(),
+            "--cpu".to_owned(),
+            "0".to_owned(),
+        ],
+        &env,
+    )?;
     let line = server.wait_line("LISTENING ", ANSWER_LIMIT)?;
     let addr = line["LISTENING ".len()..].trim().to_owned();
     eprintln!(
@@ -643,8 +707,17 @@ fn run(settings: Settings) -> io::Result<Soak> {
         std::thread::sleep((t0 + at).saturating_duration_since(Instant::now()));
         match sample(&mut server, &mut crowd, t0.elapsed()) {
             Ok(s) => {
+                let heap = if settings.preload.is_none() {
+                    format!(
+                        " (heap in use {:.1}, free {:.1})",
+                        mb(s.server.get("heap_used")),
+                        mb(s.server.get("heap_free"))
+                    )
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "soak: {:>6.0} s: {} connected, server RSS {:.1} MB, {} fds, p99 {:.1} ms",
+                    "soak: {:>6.0} s: {} connected, server RSS {:.1} MB{heap}, {} fds, p99 {:.1} ms",
                     s.elapsed.as_secs_f64(),
                     s.server.get("connected"),
                     mb(s.rss),
@@ -788,6 +861,9 @@ struct Verdict {
     /// Broadcasts per second the server made after the warm-up, and its CPU share then.
     broadcast_rate: f64,
     server_cpu: f64,
+    /// The growth of the heap in use (glibc's count), last vs first sample after the
+    /// warm-up, in percent; `None` under another allocator.
+    heap_last: Option<f64>,
     /// What makes the numbers harder to read without failing the run.
     warnings: Vec<String>,
     /// Every reason the run fails.
@@ -818,6 +894,12 @@ impl Verdict {
         let growth = |rss: u64| (rss as f64 / first.rss.max(1) as f64 - 1.0) * 100.0;
         v.rss_last = growth(last.rss);
         v.rss_max = growth(after.iter().map(|x| x.rss).max().unwrap_or(0));
+        // glibc's own count of the bytes handed out: what the program holds, without the
+        // free space around it. Not known under another allocator.
+        if s.preload.is_none() && first.server.get("heap_used") > 0 {
+            let used = |x: &Sample| x.server.get("heap_used") as f64;
+            v.heap_last = Some((used(last) / used(first) - 1.0) * 100.0);
+        }
         v.rss_judged = s.duration >= RSS_JUDGED_FROM && soak.died.is_none();
         if v.rss_judged && v.rss_last > RSS_LIMIT_PERCENT {
             v.failures.push(format!(
@@ -916,13 +998,17 @@ fn report(soak: &Soak, v: &Verdict) -> String {
          Clients: one process on core 1, `ClientBuilder::reconnecting()` with the default \
          policy; each closes its connection at random times ({}% of the clients per 10 s) \
          and reconnects. {} clients connected in {:.1} s; a sample every {} s from then on; \
-         warm-up {} s. Load average at the end: {}.\n",
+         warm-up {} s. The server's allocator: {}. Load average at the end: {}.\n",
         1000.0 / s.rate,
         s.drops,
         s.clients,
         soak.connect_time.as_secs_f64(),
         s.interval.as_secs_f64(),
         s.warmup().as_secs_f64(),
+        s.preload.as_deref().map_or_else(
+            || "the system's (glibc)".to_owned(),
+            |p| format!("`{p}`, preloaded")
+        ),
         crate::report::load_average(),
     );
     let verdict = if v.failures.is_empty() {
@@ -941,11 +1027,15 @@ fn report(soak: &Soak, v: &Verdict) -> String {
     let _ = writeln!(
         out,
         "**Verdict: {verdict}.** After the warm-up: server RSS {:+.1}% (last vs first), \
-         {:+.1}% (max vs first), {rss_note}; fds first {}, min {}, max {}, last {} (limit {}); \
+         {:+.1}% (max vs first), {rss_note}; heap in use {}; fds first {}, min {}, max {}, last {} (limit {}); \
          p99 latency max {:.1} ms ÷ median {:.1} ms = {:.2}; {:.2} broadcasts/s, server CPU \
          {:.0}%.\n",
         v.rss_last,
         v.rss_max,
+        v.heap_last.map_or_else(
+            || "not known under this allocator".to_owned(),
+            |h| format!("{h:+.1}% (last vs first; the rest of the RSS growth is free space the allocator keeps)")
+        ),
         v.fds.0,
         v.fds.1,
         v.fds.2,
@@ -1014,11 +1104,11 @@ fn report(soak: &Soak, v: &Verdict) -> String {
 fn table(out: &mut String, soak: &Soak, v: &Verdict) {
     let _ = writeln!(
         out,
-        "| elapsed | connected | RSS MB | peak MB | fds | server CPU | clients CPU | broadcasts/s | msgs/s | p50 ms | p99 ms | max ms | drops | reconnects | kicked | gaps |"
+        "| elapsed | connected | RSS MB | heap in use MB | peak MB | fds | server CPU | clients CPU | broadcasts/s | msgs/s | p50 ms | p99 ms | max ms | drops | reconnects | kicked | gaps |"
     );
     let _ = writeln!(
         out,
-        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     );
     let mut previous: Option<&Sample> = None;
     for (i, x) in soak.samples.iter().enumerate() {
@@ -1054,10 +1144,11 @@ fn table(out: &mut String, soak: &Soak, v: &Verdict) {
         let mark = if i == v.first_after { " ←" } else { "" };
         let _ = writeln!(
             out,
-            "| {:.0} s{mark} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {:.0} s{mark} | {} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             x.elapsed.as_secs_f64(),
             x.server.get("connected"),
             mb(x.rss),
+            heap_cell(&soak.settings, x),
             mb(x.hwm),
             x.fds,
             cpu(x.server_cpu, previous.map(|p| p.server_cpu)),
@@ -1078,13 +1169,21 @@ fn table(out: &mut String, soak: &Soak, v: &Verdict) {
     }
     let _ = writeln!(
         out,
-        "\nEach row: the server process at that time (connected clients, VmRSS, VmHWM, open \
-         fds), the CPU each process used since the row before (percent of one core), the \
+        "\nEach row: the server process at that time (connected clients, VmRSS, the heap \
+         bytes handed out as glibc counts them, VmHWM, open fds), the CPU each process used since the row before (percent of one core), the \
          broadcasts the server made per second, and what the clients counted since the row \
          before (broadcasts received per second, their latency from send to receive, own drops, reconnects, clients the \
          server dropped as too slow, broadcasts missing while connected). ← marks the first \
          sample after the warm-up."
     );
+}
+
+/// The heap in use at sample `x`, in MB: glibc's count, so "–" under another allocator.
+fn heap_cell(settings: &Settings, x: &Sample) -> String {
+    match x.server.get("heap_used") {
+        used if used > 0 && settings.preload.is_none() => format!("{:.1}", mb(used)),
+        _ => "–".to_owned(),
+    }
 }
 
 /// A column chart of `points` (seconds, bytes), scaled from zero to the largest value,
@@ -1136,6 +1235,7 @@ mod tests {
             rate: 10.0,
             drops: 1.0,
             interval: INTERVAL,
+            preload: None,
         }
     }
 
@@ -1160,6 +1260,17 @@ mod tests {
             samples,
             died: None,
         }
+    }
+
+    #[test]
+    fn the_allocator_is_the_systems_or_an_existing_library() {
+        assert_eq!(preload("system").unwrap(), None);
+        assert_eq!(
+            preload("jemalloc=/proc/self/exe").unwrap().as_deref(),
+            Some("/proc/self/exe")
+        );
+        assert!(preload("jemalloc=/nonexistent/libjemalloc.so.2").is_err());
+        assert!(preload("tcmalloc").is_err());
     }
 
     #[test]
