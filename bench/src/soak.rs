@@ -707,15 +707,13 @@ fn run(settings: Settings) -> io::Result<Soak> {
         std::thread::sleep((t0 + at).saturating_duration_since(Instant::now()));
         match sample(&mut server, &mut crowd, t0.elapsed()) {
             Ok(s) => {
-                let heap = if settings.preload.is_none() {
+                let heap = heap_used(&settings, &s).map_or_else(String::new, |used| {
                     format!(
                         " (heap in use {:.1}, free {:.1})",
-                        mb(s.server.get("heap_used")),
+                        mb(used),
                         mb(s.server.get("heap_free"))
                     )
-                } else {
-                    String::new()
-                };
+                });
                 eprintln!(
                     "soak: {:>6.0} s: {} connected, server RSS {:.1} MB{heap}, {} fds, p99 {:.1} ms",
                     s.elapsed.as_secs_f64(),
@@ -896,9 +894,8 @@ impl Verdict {
         v.rss_max = growth(after.iter().map(|x| x.rss).max().unwrap_or(0));
         // glibc's own count of the bytes handed out: what the program holds, without the
         // free space around it. Not known under another allocator.
-        if s.preload.is_none() && first.server.get("heap_used") > 0 {
-            let used = |x: &Sample| x.server.get("heap_used") as f64;
-            v.heap_last = Some((used(last) / used(first) - 1.0) * 100.0);
+        if let (Some(first), Some(last)) = (heap_used(s, first), heap_used(s, last)) {
+            v.heap_last = Some((last as f64 / first as f64 - 1.0) * 100.0);
         }
         v.rss_judged = s.duration >= RSS_JUDGED_FROM && soak.died.is_none();
         if v.rss_judged && v.rss_last > RSS_LIMIT_PERCENT {
@@ -1178,12 +1175,16 @@ fn table(out: &mut String, soak: &Soak, v: &Verdict) {
     );
 }
 
-/// The heap in use at sample `x`, in MB: glibc's count, so "–" under another allocator.
+/// The server's heap in use at sample `x`, in bytes: glibc's count, so known only when the
+/// server runs on glibc.
+fn heap_used(settings: &Settings, x: &Sample) -> Option<u64> {
+    let used = x.server.get("heap_used");
+    (settings.preload.is_none() && used > 0).then_some(used)
+}
+
+/// The heap in use at sample `x`, in MB, for the table; "–" when it is not known.
 fn heap_cell(settings: &Settings, x: &Sample) -> String {
-    match x.server.get("heap_used") {
-        used if used > 0 && settings.preload.is_none() => format!("{:.1}", mb(used)),
-        _ => "–".to_owned(),
-    }
+    heap_used(settings, x).map_or_else(|| "–".to_owned(), |used| format!("{:.1}", mb(used)))
 }
 
 /// A column chart of `points` (seconds, bytes), scaled from zero to the largest value,

@@ -390,11 +390,11 @@ impl Run {
 /// (peak, mean over the spread) of `times` per bucket: the mean is over the buckets from
 /// the first one's to the last one's.
 fn peak_and_mean(times: &[u64]) -> (usize, f64) {
-    let buckets = buckets(times);
-    let peak = buckets.iter().copied().max().unwrap_or(0);
-    let first = buckets.iter().position(|&b| b > 0).unwrap_or(0);
-    let spread = buckets.len() - first;
-    (peak, times.len() as f64 / spread.max(1) as f64)
+    let peak = buckets(times).iter().copied().max().unwrap_or(0);
+    (
+        peak,
+        times.len() as f64 / spread_buckets(times).max(1) as f64,
+    )
 }
 
 /// The peak ÷ mean that chance alone gives: `n` arrivals, each in one of `spread` buckets

@@ -508,10 +508,7 @@ fn an_acknowledgement_rides_along_with_data_going_out_anyway() {
         ..SessionConfig::default()
     };
     let mut pair = Pair::new(&config);
-    pair.client.send();
-    pair.pump(1);
-    let now = pair.now;
-    pair.server.take(1, now);
+    pair.client_delivers(1);
     assert!(
         pair.server.session.poll_timeout().is_some(),
         "the timer runs"
@@ -540,12 +537,7 @@ fn held_acknowledgements_wait_for_the_store_to_confirm_deliveries() {
     };
     let mut pair = Pair::new(&config);
     pair.server.session.hold_acks();
-    for _ in 0..4 {
-        pair.client.send();
-    }
-    pair.pump(4);
-    let now = pair.now;
-    pair.server.take(4, now);
+    pair.client_delivers(4);
     assert_eq!(pair.server.session.delivered(), 4);
     assert_eq!(pair.server.session.ackable(), 0);
     // Neither the count nor the timer acknowledges what is not confirmed.
@@ -614,12 +606,7 @@ fn acknowledgements_held_for_a_batch_of_requests_go_once_it_is_answered() {
     };
     let mut pair = Pair::new(&config);
     // Two requests taken and acknowledged as usual (the count of 2 is reached).
-    for _ in 0..2 {
-        pair.client.send();
-    }
-    pair.pump(2);
-    let now = pair.now;
-    pair.server.take(2, now);
+    pair.client_delivers(2);
     let (_, ack) = pair.server.session.poll_transmit().unwrap();
     assert_eq!(
         Control::decode(&ack).ok(),
@@ -628,12 +615,7 @@ fn acknowledgements_held_for_a_batch_of_requests_go_once_it_is_answered() {
     // A batch of three taken under a hold: neither the count nor the timer acknowledges it.
     pair.server.session.hold_new_acks();
     assert!(pair.server.session.acks_held());
-    for _ in 0..3 {
-        pair.client.send();
-    }
-    pair.pump(3);
-    let now = pair.now;
-    pair.server.take(3, now);
+    pair.client_delivers(3);
     assert_eq!(pair.server.session.delivered(), 5);
     assert_eq!(pair.server.session.ackable(), 2);
     // Holding again (a second batch before the answer) keeps the first hold's count.
@@ -662,6 +644,15 @@ fn acknowledgements_held_for_a_batch_of_requests_go_once_it_is_answered() {
 }
 
 impl Pair {
+    /// The client sends `n` messages, they cross, and the server's application takes them.
+    fn client_delivers(&mut self, n: usize) {
+        for _ in 0..n {
+            self.client.send();
+        }
+        self.pump(n);
+        self.server.take(n, self.now);
+    }
+
     /// As [`settle`](Self::settle), with the server confirming every delivery as it goes.
     fn settle_confirming(&mut self) {
         self.connect();

@@ -880,7 +880,8 @@ impl LoopState {
             self.request.previous_status = error.status();
             let policy = &self.settings.policy;
             let outcome = match self.spread_rest.take() {
-                Some(rest) if self.step == 0 => policy.on_failure_after_spread(
+                // Only set by a spread, which restarts the schedule: this is step 0.
+                Some(rest) => policy.on_failure_after_spread(
                     &error,
                     &ctx,
                     rest,

@@ -158,6 +158,17 @@ enum Ev {
     Fatal(u32, ErrorKind, Option<u16>),
 }
 
+/// A reconnecting client of `addr` with `policy`, and the events it reports.
+fn recorded(addr: SocketAddr, policy: Policy) -> (tether::Reconnecting, Arc<Mutex<Vec<Ev>>>) {
+    let (events, cb) = recorder();
+    let conns = ClientBuilder::new(url(addr))
+        .reconnecting()
+        .policy(policy)
+        .on_event(cb)
+        .stream();
+    (conns, events)
+}
+
 fn recorder() -> (
     Arc<Mutex<Vec<Ev>>>,
     impl Fn(&ReconnectEvent<'_>) + Send + Sync,
@@ -295,12 +306,7 @@ async fn transient_statuses_back_off_then_messages_flow() {
         Act::Accept(After::Echo),
     ])
     .await;
-    let (events, cb) = recorder();
-    let mut conns = ClientBuilder::new(url(addr))
-        .reconnecting()
-        .policy(Policy::default().backoff(fixed_backoff()))
-        .on_event(cb)
-        .stream();
+    let (mut conns, events) = recorded(addr, Policy::default().backoff(fixed_backoff()));
     let mut ws = conns.next().await.unwrap().unwrap();
     ws.send("after the storm").await.unwrap();
     assert_eq!(
@@ -343,12 +349,7 @@ async fn retry_after_raises_the_wait() {
         Act::Accept(After::Echo),
     ])
     .await;
-    let (events, cb) = recorder();
-    let mut conns = ClientBuilder::new(url(addr))
-        .reconnecting()
-        .policy(Policy::default().backoff(fixed_backoff()))
-        .on_event(cb)
-        .stream();
+    let (mut conns, events) = recorded(addr, Policy::default().backoff(fixed_backoff()));
     conns.next().await.unwrap().unwrap();
     assert_eq!(
         retries(&events.lock().unwrap()),
@@ -423,12 +424,7 @@ async fn accept_then_drop_backs_off_instead_of_hot_looping() {
         Act::Accept(After::Echo),
     ])
     .await;
-    let (events, cb) = recorder();
-    let mut conns = ClientBuilder::new(url(addr))
-        .reconnecting()
-        .policy(Policy::default().backoff(fixed_backoff()))
-        .on_event(cb)
-        .stream();
+    let (mut conns, events) = recorded(addr, Policy::default().backoff(fixed_backoff()));
     // The server hangs up: each connection ends without a closing handshake.
     three_ends_then_echo(&mut conns, 1006).await;
     assert_backoff_waits(&retries(&events.lock().unwrap()), &log);
@@ -441,16 +437,12 @@ async fn zero_min_uptime_reconnects_at_once_like_python() {
         Act::Accept(After::Echo),
     ])
     .await;
-    let (events, cb) = recorder();
-    let mut conns = ClientBuilder::new(url(addr))
-        .reconnecting()
-        .policy(
-            Policy::default()
-                .min_uptime(Duration::ZERO)
-                .reconnect_delay(Duration::ZERO),
-        )
-        .on_event(cb)
-        .stream();
+    let (mut conns, events) = recorded(
+        addr,
+        Policy::default()
+            .min_uptime(Duration::ZERO)
+            .reconnect_delay(Duration::ZERO),
+    );
     let mut ws = conns.next().await.unwrap().unwrap();
     assert!(ws.recv().await.is_none());
     assert_eq!(ws.close_code(), 1001);
@@ -527,12 +519,7 @@ async fn a_refused_attempt_after_a_spread_retries_in_the_window_after_it() {
             Act::Accept(After::Echo),
         ])
         .await;
-        let (events, cb) = recorder();
-        let mut conns = ClientBuilder::new(url(addr))
-            .reconnecting()
-            .policy(Policy::default().min_uptime(Duration::ZERO))
-            .on_event(cb)
-            .stream();
+        let (mut conns, events) = recorded(addr, Policy::default().min_uptime(Duration::ZERO));
         let mut ws = conns.next().await.unwrap().unwrap();
         while let Some(Ok(_)) = ws.recv().await {}
         assert_eq!(ws.close_code(), 1012);
@@ -590,16 +577,12 @@ async fn a_close_with_1013_takes_the_backoffs_next_wait() {
         Act::Accept(After::Echo),
     ])
     .await;
-    let (events, cb) = recorder();
-    let mut conns = ClientBuilder::new(url(addr))
-        .reconnecting()
-        .policy(
-            Policy::default()
-                .backoff(fixed_backoff())
-                .min_uptime(Duration::ZERO),
-        )
-        .on_event(cb)
-        .stream();
+    let (mut conns, events) = recorded(
+        addr,
+        Policy::default()
+            .backoff(fixed_backoff())
+            .min_uptime(Duration::ZERO),
+    );
     three_ends_then_echo(&mut conns, 1013).await;
     let events = events.lock().unwrap();
     let got: Vec<Duration> = events
@@ -622,12 +605,7 @@ async fn long_enough_uptime_restarts_the_schedule() {
         Act::Accept(After::Echo),
     ])
     .await;
-    let (events, cb) = recorder();
-    let mut conns = ClientBuilder::new(url(addr))
-        .reconnecting()
-        .policy(Policy::default().backoff(fixed_backoff()))
-        .on_event(cb)
-        .stream();
+    let (mut conns, events) = recorded(addr, Policy::default().backoff(fixed_backoff()));
     let mut ws = conns.next().await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_secs(6)).await; // longer than the 5 s minimum uptime
     ws.close(1000, "").await.unwrap();

@@ -47,6 +47,19 @@ async fn start(config: ServerConfig) -> Running {
     }
 }
 
+/// A refusal by admission control: 503 with a `Retry-After` of whole seconds in [1, 10] (the
+/// default `busy_retry_after`); returns them.
+fn busy_retry_after(err: &Error) -> u64 {
+    assert_eq!(err.status(), Some(503), "{err}");
+    let retry_after = err
+        .response()
+        .and_then(|r| r.headers.get_str("retry-after"))
+        .expect("a Retry-After header");
+    let secs: u64 = retry_after.parse().expect("whole seconds");
+    assert!((1..=10).contains(&secs), "Retry-After: {secs}");
+    secs
+}
+
 async fn greeting(ws: &mut tether::WebSocket) -> String {
     match timeout(GUARD, ws.recv()).await.unwrap() {
         Some(Ok(Message::Text(t))) => t.to_string(),
@@ -481,16 +494,7 @@ async fn handshakes_above_the_rate_get_503_until_the_bucket_refills() {
     for _ in 0..12 {
         match timeout(GUARD, tether::connect(&url)).await.unwrap() {
             Ok(ws) => admitted.push(ws),
-            Err(err) => {
-                assert_eq!(err.status(), Some(503), "{err}");
-                let retry_after = err
-                    .response()
-                    .and_then(|r| r.headers.get_str("retry-after"))
-                    .expect("a Retry-After header");
-                let secs: u64 = retry_after.parse().expect("whole seconds");
-                assert!((1..=10).contains(&secs), "Retry-After: {secs}");
-                waits.push(secs);
-            }
+            Err(err) => waits.push(busy_retry_after(&err)),
         }
     }
     // A full bucket lets one in; one more token comes each second.
@@ -555,14 +559,7 @@ async fn handshakes_above_the_limit_get_503_with_a_spread_retry_after() {
             .await
             .unwrap()
             .expect_err("refused while two handshakes are in progress");
-        assert_eq!(err.status(), Some(503), "{err}");
-        let retry_after = err
-            .response()
-            .and_then(|r| r.headers.get_str("retry-after"))
-            .expect("a Retry-After header");
-        let secs: u64 = retry_after.parse().expect("whole seconds");
-        assert!((1..=10).contains(&secs), "Retry-After: {secs}");
-        waits.push(secs);
+        waits.push(busy_retry_after(&err));
     }
     assert!(
         waits.iter().any(|&w| w != waits[0]),
